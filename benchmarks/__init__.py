@@ -1,0 +1,1 @@
+"""streamrec-bench: throughput and quality benchmarks over the real serving stack."""

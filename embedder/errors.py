@@ -1,0 +1,35 @@
+"""Error types raised inside the service. Each maps to one gRPC status code in `service.py`."""
+
+from __future__ import annotations
+
+
+class EmbedderError(Exception):
+    """Base class: every error we raise on purpose derives from it."""
+
+
+class BundleError(EmbedderError):
+    """The model bundle is missing, corrupt, or of a format this server does not understand."""
+
+
+class InvalidInputError(EmbedderError):
+    """The request is malformed; the message names the field and the limit (INVALID_ARGUMENT)."""
+
+
+class OverloadedError(EmbedderError):
+    """The batcher queue is full; the caller should back off and retry (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceededError(EmbedderError):
+    """The caller's deadline passed before its work reached inference (DEADLINE_EXCEEDED)."""
+
+
+class ShuttingDownError(EmbedderError):
+    """The server is draining and accepts no new work (UNAVAILABLE)."""
+
+
+class InferenceError(EmbedderError):
+    """The model failed on a batch; affected calls get INTERNAL with a request id."""
+
+
+class ConfigError(EmbedderError):
+    """A configuration value is invalid (bad flag, env var, or file)."""
