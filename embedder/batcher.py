@@ -1,0 +1,323 @@
+"""Dynamic batcher: merges texts from all callers into padded batches for the inference workers.
+
+A batch is flushed when a worker is free and any of these holds: `max_batch_items` texts are queued,
+the queued texts would fill `max_batch_tokens` padded tokens (longest x count), or the oldest text has
+waited `max_wait_ms`. A batch starts from the oldest queued text (so nothing starves) and is filled
+with the texts closest to it in length, to cut padding. The queue is bounded: a request that does not
+fit is rejected at once with `OverloadedError`. If inference raises, every caller in that batch gets an
+`InferenceError`; nobody is left waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from embedder.errors import (
+    DeadlineExceededError,
+    EmbedderError,
+    InferenceError,
+    OverloadedError,
+    ShuttingDownError,
+)
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+# Embeds a batch of unpadded token rows; returns one row per input row.
+RunBatch = Callable[[list[list[int]]], Awaitable[FloatArray]]
+
+
+class BatchObserver(Protocol):
+    """Receives one call per batch run (the metrics module implements it)."""
+
+    def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None: ...
+
+    def set_queued_items(self, items: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_items: int
+    max_batch_tokens: int
+    max_wait_ms: float
+    max_queued_items: int
+    # How many batches may run at once (= inference workers).
+    max_concurrent_batches: int
+
+
+@dataclass
+class BatchResult:
+    embeddings: FloatArray
+    queue_s: float
+    inference_s: float
+
+
+class _Request:
+    __slots__ = ("batches", "deadline", "future", "inference_s", "queue_s", "remaining", "rows")
+
+    def __init__(self, future: asyncio.Future[BatchResult], n: int, dim: int, deadline: float | None) -> None:
+        self.future = future
+        self.rows: FloatArray = np.empty((n, dim), dtype=np.float32)
+        self.remaining = n
+        self.deadline = deadline
+        self.queue_s = 0.0
+        self.inference_s = 0.0
+        self.batches: set[int] = set()
+
+
+@dataclass(slots=True, eq=False)  # identity equality: deque.remove must find this very item
+class _Item:
+    request: _Request
+    index: int
+    ids: list[int]
+    enqueued_at: float
+    taken: bool = False
+
+
+class DynamicBatcher:
+    """Use from one event loop: `start()`, then `await submit(rows)` from any number of tasks."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        limits: BatchLimits,
+        dim: int,
+        observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._run_batch = run_batch
+        self.limits = limits
+        self._dim = dim
+        self._observer = observer
+        self._clock = clock
+        self._fifo: deque[_Item] = deque()
+        self._by_length: dict[int, deque[_Item]] = {}
+        self._queued = 0
+        self._busy = 0
+        self._batch_ids = itertools.count()
+        self._accepting = True
+        self._wake: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued
+
+    def start(self) -> None:
+        """Start the dispatcher task on the running loop."""
+        self._wake = asyncio.Event()
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name="embedder-batcher")
+
+    async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
+        """Queue one request's token rows; return its embeddings in input order.
+
+        `deadline` is on this batcher's clock (`time.monotonic` by default).
+        """
+        if not self._accepting or self._wake is None:
+            raise ShuttingDownError("server is shutting down")
+        n = len(rows)
+        if self._queued + n > self.limits.max_queued_items:
+            raise OverloadedError(
+                f"queue full: {self._queued} texts queued, {n} more would exceed "
+                f"max_queued_items={self.limits.max_queued_items}; retry with backoff"
+            )
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        request = _Request(future, n, self._dim, deadline)
+        if n == 0:
+            return BatchResult(request.rows, 0.0, 0.0)
+        now = self._clock()
+        for i, ids in enumerate(rows):
+            item = _Item(request, i, ids, now)
+            self._fifo.append(item)
+            self._by_length.setdefault(len(ids), deque()).append(item)
+        self._set_queued(self._queued + n)
+        self._wake.set()
+        return await future
+
+    def stop_accepting(self) -> None:
+        """New `submit` calls raise `ShuttingDownError`; queued work still runs."""
+        self._accepting = False
+
+    async def close(self) -> None:
+        """Stop the dispatcher, wait for running batches, fail whatever is still queued."""
+        self._accepting = False
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
+        for item in self._fifo:
+            if not item.taken and not item.request.future.done():
+                item.request.future.set_exception(
+                    ShuttingDownError("server shut down before this request ran")
+                )
+        self._fifo.clear()
+        self._by_length.clear()
+        self._set_queued(0)
+
+    # -- dispatcher -----------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        assert self._wake is not None  # set by start(); internal invariant, not input validation
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush_ready()
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                log.exception("batcher dispatch failed; failing queued requests")
+                self._fail(list(self._fifo), exc)
+                for item in list(self._fifo):
+                    if not item.taken:
+                        self._remove(item)
+                self._fifo.clear()
+
+    async def _flush_ready(self) -> None:
+        while self._busy < self.limits.max_concurrent_batches:
+            oldest = self._oldest_live()
+            if oldest is None:
+                return
+            wait_s = oldest.enqueued_at + self.limits.max_wait_ms / 1000.0 - self._clock()
+            if wait_s > 0 and self._accepting and not self._full():
+                await self._sleep_or_wake(wait_s)
+                continue
+            self._launch(self._take_batch(oldest))
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        assert self._wake is not None
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _oldest_live(self) -> _Item | None:
+        """Head of the FIFO, dropping items already taken or whose caller is gone or out of time."""
+        now = self._clock()
+        while self._fifo:
+            item = self._fifo[0]
+            if item.taken:
+                self._fifo.popleft()
+                continue
+            if self._drop_if_dead(item, now):
+                continue
+            return item
+        return None
+
+    def _drop_if_dead(self, item: _Item, now: float) -> bool:
+        request = item.request
+        if not request.future.done() and request.deadline is not None and now > request.deadline:
+            request.future.set_exception(
+                DeadlineExceededError("deadline passed while the request was queued")
+            )
+        if request.future.done():
+            self._remove(item)
+            return True
+        return False
+
+    def _remove(self, item: _Item) -> None:
+        item.taken = True
+        bucket = self._by_length[len(item.ids)]
+        bucket.remove(item)
+        if not bucket:
+            del self._by_length[len(item.ids)]
+        self._set_queued(self._queued - 1)
+
+    def _full(self) -> bool:
+        """True when the queued texts already fill a batch by count or by padded tokens."""
+        if self._queued >= self.limits.max_batch_items:
+            return True
+        longest = max(self._by_length, default=0)
+        return longest * self._queued >= self.limits.max_batch_tokens
+
+    def _take_batch(self, oldest: _Item) -> list[_Item]:
+        """The oldest item plus the items nearest to it in length, within both batch limits."""
+        self._remove(oldest)
+        batch = [oldest]
+        longest = len(oldest.ids)
+        now = self._clock()
+        for length in sorted(self._by_length, key=lambda n: (abs(n - len(oldest.ids)), n)):
+            for item in list(self._by_length.get(length, ())):
+                if len(batch) >= self.limits.max_batch_items:
+                    return batch
+                if max(longest, length) * (len(batch) + 1) > self.limits.max_batch_tokens:
+                    break
+                if self._drop_if_dead(item, now):
+                    continue
+                self._remove(item)
+                batch.append(item)
+                longest = max(longest, length)
+        return batch
+
+    def _launch(self, batch: list[_Item]) -> None:
+        self._busy += 1
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        batch_id = next(self._batch_ids)
+        started = self._clock()
+        try:
+            try:
+                out = await self._run_batch([item.ids for item in batch])
+                if out.shape[0] != len(batch):
+                    raise InferenceError(f"model returned {out.shape[0]} rows for {len(batch)} texts")
+            except Exception as exc:
+                self._fail(batch, exc)
+                return
+            finished = self._clock()
+            self._deliver(batch, out, batch_id, started, finished)
+        finally:
+            self._busy -= 1
+            if self._wake is not None:
+                self._wake.set()
+
+    def _fail(self, batch: list[_Item], exc: Exception) -> None:
+        log.error("inference failed on a batch of %d texts", len(batch), exc_info=exc)
+        error = (
+            exc
+            if isinstance(exc, EmbedderError)
+            else InferenceError(f"inference failed: {type(exc).__name__}")
+        )
+        for item in batch:
+            if not item.request.future.done():
+                item.request.future.set_exception(error)
+
+    def _deliver(
+        self, batch: list[_Item], out: FloatArray, batch_id: int, started: float, finished: float
+    ) -> None:
+        inference_s = finished - started
+        waits = [started - item.enqueued_at for item in batch]
+        for item, row, wait in zip(batch, out, waits, strict=True):
+            request = item.request
+            if request.future.done():
+                continue
+            request.rows[item.index] = row
+            request.remaining -= 1
+            if batch_id not in request.batches:
+                request.batches.add(batch_id)
+                request.inference_s += inference_s
+            request.queue_s = max(request.queue_s, wait)
+            if request.remaining == 0:
+                request.future.set_result(BatchResult(request.rows, request.queue_s, request.inference_s))
+        if self._observer is not None:
+            longest = max(len(item.ids) for item in batch)
+            real = sum(len(item.ids) for item in batch)
+            self._observer.observe_batch(len(batch), longest * len(batch), real, inference_s)
+
+    def _set_queued(self, value: int) -> None:
+        self._queued = value
+        if self._observer is not None:
+            self._observer.set_queued_items(value)

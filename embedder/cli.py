@@ -1,0 +1,128 @@
+"""`streamrec-embedder`: serve a bundle, embed texts in-process, or print a bundle's facts.
+
+    streamrec-embedder serve [--bundle DIR] [--port 50051] [--metrics-port 9000] [--max-wait-ms 2] ...
+    streamrec-embedder embed "some text" "another"      # or texts on stdin, one per line; JSON lines out
+    streamrec-embedder info [--bundle DIR]              # manifest + server limits as JSON
+
+Every config field is a flag (`--max-batch-items`), an env var (`STREAMREC_EMBEDDER_MAX_BATCH_ITEMS`)
+and a default, in that order of precedence. A bad bundle prints a one-line reason and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from embedder.bundle import load_bundle
+from embedder.config import ServerConfig, load_config
+from embedder.engine import EmbeddingEngine, EmbedOptions
+from embedder.errors import EmbedderError
+from embedder.server import serve
+
+PROG = "streamrec-embedder"
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(ServerConfig):
+        default = getattr(ServerConfig(), f.name)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=type(default),
+            default=None,
+            metavar=type(default).__name__.upper(),
+            help=f"(default {default!r}; env STREAMREC_EMBEDDER_{f.name.upper()})",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="StreamRec text-embedding service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a bundle over gRPC (+ /metrics) until SIGTERM/SIGINT")
+    _add_config_flags(serve)
+    embed = sub.add_parser("embed", help="embed texts in-process (args, or stdin lines); JSON lines out")
+    embed.add_argument("texts", nargs="*", help="texts to embed (default: read stdin, one per line)")
+    embed.add_argument("--no-normalize", action="store_true", help="return raw pooled embeddings")
+    embed.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation (0 = full)")
+    embed.add_argument("--no-truncate", action="store_true", help="fail on texts over max_tokens")
+    _add_config_flags(embed)
+    info = sub.add_parser("info", help="print the bundle's manifest and the server limits as JSON")
+    _add_config_flags(info)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    names = {f.name for f in dataclasses.fields(ServerConfig)}
+    return load_config({k: v for k, v in vars(args).items() if k in names})
+
+
+def _cmd_serve(config: ServerConfig) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def _cmd_embed(config: ServerConfig, args: argparse.Namespace) -> int:
+    texts: list[str] = list(args.texts) or [line.rstrip("\n") for line in sys.stdin]
+    engine = EmbeddingEngine(load_bundle(config.bundle), dataclasses.replace(config, workers=1))
+    options = EmbedOptions(
+        normalize=not args.no_normalize, dimensions=args.dimensions, truncate=not args.no_truncate
+    )
+    try:
+        step = config.max_texts_per_request
+        for start in range(0, len(texts), step):
+            chunk = texts[start : start + step]
+            for text, row in zip(chunk, engine.embed_in_process(chunk, options), strict=True):
+                print(json.dumps({"text": text, "embedding": [round(float(v), 7) for v in row]}))
+    finally:
+        engine.close_sync()
+    return 0
+
+
+def _cmd_info(config: ServerConfig) -> int:
+    bundle = load_bundle(config.bundle)
+    limits = {
+        k: getattr(config, k)
+        for k in (
+            "max_texts_per_request",
+            "max_text_chars",
+            "max_batch_items",
+            "max_batch_tokens",
+            "max_wait_ms",
+            "max_queued_items",
+            "max_receive_message_bytes",
+        )
+    }
+    limits["workers"] = config.resolved_workers()
+    out: dict[str, Any] = {"bundle": str(bundle.path), "manifest": dataclasses.asdict(bundle.manifest)}
+    out["limits"] = limits
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _config(args)
+        if args.command == "serve":
+            return _cmd_serve(config)
+        if args.command == "embed":
+            return _cmd_embed(config, args)
+        return _cmd_info(config)
+    except EmbedderError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `... | head` closed our stdout
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Python client for the ranking pipeline: `EmbedderClient` (blocking) and `AsyncEmbedderClient` (asyncio).
+
+`embed(texts)` returns a float32 numpy array [len(texts), dim]. It splits long lists into requests of at
+most the server's `max_texts_per_request` (asked once via GetModelInfo), runs them concurrently over
+several server addresses in round-robin, and retries UNAVAILABLE / RESOURCE_EXHAUSTED with exponential
+backoff and full jitter, all within one overall deadline per `embed` call. Other errors raise
+`grpc.RpcError` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from embedder.encoding import unpack
+from embedder.v1 import embedder_pb2 as pb
+from embedder.v1 import embedder_pb2_grpc as pb_grpc
+
+FloatArray = npt.NDArray[np.float32]
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Request options and the retry policy shared by both clients."""
+
+    normalize: bool = True
+    dimensions: int = 0
+    truncate: bool = True
+    encoding: int = pb.ENCODING_FLOAT32
+    # Overall time budget of one `embed()` call, retries included.
+    timeout_s: float = 30.0
+    max_attempts: int = 5
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+    # None = ask the server (GetModelInfo) once.
+    max_texts_per_request: int | None = None
+    max_concurrent_requests: int = 4
+
+    def backoff_s(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
+        return random.uniform(0.0, min(self.backoff_max_s, self.backoff_initial_s * 2.0**attempt))
+
+    def request(self, texts: Sequence[str]) -> pb.EmbedRequest:
+        return pb.EmbedRequest(
+            texts=texts,
+            normalize=self.normalize,
+            dimensions=self.dimensions,
+            truncate=self.truncate,
+            encoding=self.encoding,  # type: ignore[arg-type]
+        )
+
+
+def decode(response: pb.EmbedResponse) -> FloatArray:
+    """Embeddings of one response as float32 [count, dim]."""
+    return unpack(response.embeddings, response.encoding, response.count, response.dim, list(response.scales))
+
+
+def _chunks(texts: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [texts[i : i + size] for i in range(0, len(texts), size)]
+
+
+def _addresses(addresses: str | Sequence[str]) -> list[str]:
+    found = [addresses] if isinstance(addresses, str) else list(addresses)
+    if not found:
+        raise ValueError("at least one server address is needed")
+    return found
+
+
+def _should_retry(
+    exc: grpc.RpcError, attempt: int, opts: ClientOptions, deadline: float, pause: float
+) -> bool:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    return code in RETRYABLE and attempt + 1 < opts.max_attempts and time.monotonic() + pause < deadline
+
+
+class EmbedderClient:
+    """Blocking client; thread-safe. Use as a context manager or call `close()`."""
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str],
+        options: ClientOptions | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.options = options or ClientOptions()
+        self._channels = [
+            grpc.insecure_channel(a, options=list(channel_options)) for a in _addresses(addresses)
+        ]
+        self._stubs = [pb_grpc.EmbedderStub(c) for c in self._channels]  # type: ignore[no-untyped-call]
+        self._next = itertools.cycle(range(len(self._stubs)))
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._info: pb.ModelInfo | None = None
+
+    def _stub(self) -> Any:
+        with self._lock:
+            return self._stubs[next(self._next)]
+
+    def _call(self, method: str, request: Any, deadline: float) -> Any:
+        """One RPC with retries on UNAVAILABLE/RESOURCE_EXHAUSTED; each attempt goes to the next address."""
+        for attempt in itertools.count():
+            try:
+                return getattr(self._stub(), method)(request, timeout=max(0.001, deadline - time.monotonic()))
+            except grpc.RpcError as exc:
+                pause = self.options.backoff_s(attempt)
+                if not _should_retry(exc, attempt, self.options, deadline, pause):
+                    raise
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # itertools.count() never ends
+
+    def model_info(self) -> pb.ModelInfo:
+        """The server's model and limits (asked once, then cached)."""
+        if self._info is None:
+            self._info = self._call(
+                "GetModelInfo", pb.GetModelInfoRequest(), time.monotonic() + self.options.timeout_s
+            )
+        return self._info
+
+    def embed(self, texts: Sequence[str]) -> FloatArray:
+        """Embed `texts` in order; float32 [len(texts), dim]."""
+        deadline = time.monotonic() + self.options.timeout_s
+        info = self.model_info()
+        chunks = _chunks(texts, self.options.max_texts_per_request or info.limits.max_texts_per_request or 64)
+        if not chunks:
+            return np.zeros((0, self.options.dimensions or info.dim), dtype=np.float32)
+
+        def one(chunk: Sequence[str]) -> FloatArray:
+            return decode(self._call("Embed", self.options.request(chunk), deadline))
+
+        if len(chunks) == 1:
+            return one(chunks[0])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.options.max_concurrent_requests, thread_name_prefix="embed-client"
+            )
+        return np.concatenate(list(self._pool.map(one, chunks)))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> EmbedderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncEmbedderClient:
+    """asyncio client; create and use it inside one running event loop."""
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str],
+        options: ClientOptions | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.options = options or ClientOptions()
+        self._channels = [
+            grpc.aio.insecure_channel(a, options=list(channel_options)) for a in _addresses(addresses)
+        ]
+        self._stubs = [pb_grpc.EmbedderStub(c) for c in self._channels]  # type: ignore[no-untyped-call]
+        self._next = itertools.cycle(range(len(self._stubs)))
+        self._info: pb.ModelInfo | None = None
+
+    async def _call(self, method: str, request: Any, deadline: float) -> Any:
+        for attempt in itertools.count():
+            stub = self._stubs[next(self._next)]
+            try:
+                return await getattr(stub, method)(request, timeout=max(0.001, deadline - time.monotonic()))
+            except grpc.RpcError as exc:
+                pause = self.options.backoff_s(attempt)
+                if not _should_retry(exc, attempt, self.options, deadline, pause):
+                    raise
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def model_info(self) -> pb.ModelInfo:
+        """The server's model and limits (asked once, then cached)."""
+        if self._info is None:
+            deadline = time.monotonic() + self.options.timeout_s
+            self._info = await self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline)
+        return self._info
+
+    async def embed(self, texts: Sequence[str]) -> FloatArray:
+        """Embed `texts` in order; float32 [len(texts), dim]."""
+        deadline = time.monotonic() + self.options.timeout_s
+        info = await self.model_info()
+        chunks = _chunks(texts, self.options.max_texts_per_request or info.limits.max_texts_per_request or 64)
+        if not chunks:
+            return np.zeros((0, self.options.dimensions or info.dim), dtype=np.float32)
+        gate = asyncio.Semaphore(self.options.max_concurrent_requests)
+
+        async def one(chunk: Sequence[str]) -> FloatArray:
+            async with gate:
+                return decode(await self._call("Embed", self.options.request(chunk), deadline))
+
+        parts = await asyncio.gather(*(one(c) for c in chunks))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close(grace=None)
+
+    async def __aenter__(self) -> AsyncEmbedderClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,123 @@
+"""Server configuration: one dataclass, read once at start with precedence flag > env > default.
+
+Every knob carries its unit in its name (`max_wait_ms`, `grace_period_s`). Env vars are
+`STREAMREC_EMBEDDER_<FIELD>` (upper case). Nothing here runs at import time: `load_config()` reads the
+environment only when called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from embedder.errors import ConfigError
+
+ENV_PREFIX = "STREAMREC_EMBEDDER_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every serving knob. `workers=0` means one inference worker per CPU core."""
+
+    bundle: str = "models/streamrec-cnn-v1"
+    host: str = "[::]"
+    port: int = 50051
+    # Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server).
+    metrics_port: int = 9000
+    metrics_host: str = "0.0.0.0"
+    # Inference workers, each with its own ONNX session (0 = one per core).
+    workers: int = 0
+    intra_op_threads: int = 1
+    # Threads that tokenize requests off the event loop (0 = same as workers).
+    tokenizer_threads: int = 0
+    max_batch_items: int = 256
+    # Padded tokens per batch (longest text in the batch x number of texts): the true cost of a batch.
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 2.0
+    max_queued_items: int = 8192
+    max_texts_per_request: int = 512
+    max_text_chars: int = 20000
+    # In-flight messages per EmbedStream before the server stops reading from that stream.
+    max_stream_inflight: int = 64
+    grace_period_s: float = 10.0
+    max_receive_message_bytes: int = 16 * 1024 * 1024
+    log_level: str = "INFO"
+
+    def resolved_workers(self) -> int:
+        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+
+    def resolved_tokenizer_threads(self) -> int:
+        return self.tokenizer_threads if self.tokenizer_threads > 0 else self.resolved_workers()
+
+    def validate(self) -> ServerConfig:
+        """Raise `ConfigError` naming the field if a value cannot work; return self for chaining."""
+        positive = (
+            "max_batch_items",
+            "max_batch_tokens",
+            "max_queued_items",
+            "max_texts_per_request",
+            "max_text_chars",
+            "intra_op_threads",
+            "max_stream_inflight",
+            "max_receive_message_bytes",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("workers", "tokenizer_threads", "max_wait_ms", "grace_period_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"port and metrics_port must be valid ports (got {self.port}, {self.metrics_port})"
+            )
+        if self.max_texts_per_request > self.max_queued_items:
+            raise ConfigError(
+                f"max_texts_per_request ({self.max_texts_per_request}) must be <= max_queued_items "
+                f"({self.max_queued_items}), or a full request could never be queued"
+            )
+        return self
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(ServerConfig)]
+
+
+def _coerce(name: str, raw: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None
+
+
+def _field_types() -> dict[str, type]:
+    defaults = ServerConfig()
+    return {name: type(getattr(defaults, name)) for name in field_names()}
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Build the config: explicit `flags` (None values ignored) > env `STREAMREC_EMBEDDER_*` > defaults.
+
+    `env` defaults to `os.environ`, read here and only here.
+    """
+    environ = os.environ if env is None else env
+    types = _field_types()
+    values: dict[str, Any] = {}
+    for name, kind in types.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(ENV_PREFIX + name.upper(), raw, kind)
+    for name, value in (flags or {}).items():
+        if name not in types:
+            raise ConfigError(f"unknown config field {name!r}")
+        if value is not None:
+            values[name] = (
+                _coerce(name, str(value), types[name]) if not isinstance(value, types[name]) else value
+            )
+    return ServerConfig(**values).validate()

@@ -1,0 +1,67 @@
+"""Embedding post-processing and wire packing, shared by the server (pack) and the client (unpack).
+
+Order matters: Matryoshka truncation first, then L2 normalisation (a truncated prefix of a unit vector
+is not a unit vector), then packing as little-endian float32 / float16 / int8 with one scale per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from embedder.v1 import embedder_pb2 as pb
+
+FloatArray = npt.NDArray[np.float32]
+
+ENCODINGS: tuple[pb.Encoding, ...] = (pb.ENCODING_FLOAT32, pb.ENCODING_FLOAT16, pb.ENCODING_INT8)
+_DTYPES: dict[int, np.dtype[Any]] = {
+    pb.ENCODING_FLOAT32: np.dtype("<f4"),
+    pb.ENCODING_FLOAT16: np.dtype("<f2"),
+    pb.ENCODING_INT8: np.dtype("i1"),
+}
+
+
+@dataclass(frozen=True)
+class Packed:
+    data: bytes
+    scales: list[float]
+
+
+def postprocess(embeddings: FloatArray, dimensions: int, normalize: bool) -> FloatArray:
+    """Keep the first `dimensions` values (0 = all), then L2-normalise rows if asked."""
+    out = embeddings[:, :dimensions] if 0 < dimensions < embeddings.shape[1] else embeddings
+    if normalize:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out = out / np.maximum(norms, np.float32(1e-12))
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def pack(embeddings: FloatArray, encoding: int) -> Packed:
+    """Pack rows as `encoding` says; int8 uses a symmetric per-row scale (value = int8 * scale)."""
+    if encoding == pb.ENCODING_INT8:
+        scales = (
+            np.abs(embeddings).max(axis=1) / np.float32(127.0) if embeddings.size else np.zeros(0, np.float32)
+        )
+        safe = np.where(scales > 0, scales, np.float32(1.0))[:, None]
+        q = np.clip(np.rint(embeddings / safe), -127, 127).astype(np.int8)
+        return Packed(q.tobytes(), scales.astype(np.float32).tolist())
+    return Packed(embeddings.astype(_DTYPES[encoding], copy=False).tobytes(), [])
+
+
+def unpack(data: bytes, encoding: int, count: int, dim: int, scales: list[float] | None = None) -> FloatArray:
+    """Inverse of `pack`: a float32 [count, dim] array."""
+    dtype = _DTYPES.get(encoding)
+    if dtype is None:
+        raise ValueError(f"unknown encoding {encoding}")
+    values = np.frombuffer(data, dtype=dtype)
+    if values.size != count * dim:
+        raise ValueError(f"payload holds {values.size} values, expected {count} x {dim}")
+    rows = values.reshape(count, dim).astype(np.float32)
+    if encoding == pb.ENCODING_INT8:
+        if scales is None or len(scales) != count:
+            raise ValueError(f"int8 payload needs {count} scales")
+        rows *= np.asarray(scales, dtype=np.float32)[:, None]
+    return rows

@@ -1,0 +1,142 @@
+"""The embedding pipeline behind the API: validate -> tokenize -> batch -> infer -> post-process.
+
+`EmbeddingEngine.embed` is what the gRPC service calls; `embed_in_process` is the same pipeline without
+the batcher or the event loop (CLI `embed`, benchmarks, and the tests' reference embeddings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from embedder.batcher import BatchLimits, BatchObserver, DynamicBatcher
+from embedder.bundle import Bundle, Manifest
+from embedder.config import ServerConfig
+from embedder.encoding import ENCODINGS, postprocess
+from embedder.errors import ConfigError, InvalidInputError
+from embedder.session import SessionPool
+from embedder.tokenizer import TextTokenizer
+from embedder.v1 import embedder_pb2 as pb
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    normalize: bool = True
+    dimensions: int = 0
+    truncate: bool = True
+    encoding: int = pb.ENCODING_FLOAT32
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    embeddings: FloatArray
+    token_counts: list[int]
+    tokenize_s: float
+    queue_s: float
+    inference_s: float
+
+
+class EmbeddingEngine:
+    """Owns the tokenizer, the inference workers and the batcher of one served bundle."""
+
+    def __init__(self, bundle: Bundle, config: ServerConfig, observer: BatchObserver | None = None) -> None:
+        manifest = bundle.manifest
+        if config.max_batch_tokens < manifest.max_tokens:
+            raise ConfigError(
+                f"max_batch_tokens ({config.max_batch_tokens}) must be >= the model's max_tokens "
+                f"({manifest.max_tokens}), or a long text could never be batched"
+            )
+        self.bundle = bundle
+        self.config = config
+        self.tokenizer = TextTokenizer.from_file(
+            bundle.tokenizer_path, manifest.max_tokens, manifest.pad_token_id
+        )
+        self.workers = config.resolved_workers()
+        self.sessions = SessionPool(
+            bundle.model_path, manifest.dim, manifest.pad_token_id, self.workers, config.intra_op_threads
+        )
+        self.sessions.warm_up()
+        self._tokenize_pool = ThreadPoolExecutor(
+            max_workers=config.resolved_tokenizer_threads(), thread_name_prefix="embedder-tokenize"
+        )
+        limits = BatchLimits(
+            max_batch_items=config.max_batch_items,
+            max_batch_tokens=config.max_batch_tokens,
+            max_wait_ms=config.max_wait_ms,
+            max_queued_items=config.max_queued_items,
+            max_concurrent_batches=self.workers,
+        )
+        self.batcher = DynamicBatcher(self.sessions.embed_rows_async, limits, manifest.dim, observer)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    def allowed_dimensions(self) -> list[int]:
+        return sorted({*self.manifest.matryoshka_dims, self.manifest.dim})
+
+    def start(self) -> None:
+        """Start the batcher on the running event loop."""
+        self.batcher.start()
+
+    def validate(self, texts: Sequence[str], options: EmbedOptions) -> None:
+        """Raise `InvalidInputError` naming the field and the limit."""
+        cfg = self.config
+        if not texts:
+            raise InvalidInputError(f"texts: empty; send 1..{cfg.max_texts_per_request} texts")
+        if len(texts) > cfg.max_texts_per_request:
+            raise InvalidInputError(
+                f"texts: {len(texts)} texts exceed max_texts_per_request={cfg.max_texts_per_request}"
+            )
+        for i, text in enumerate(texts):
+            if len(text) > cfg.max_text_chars:
+                raise InvalidInputError(
+                    f"texts[{i}]: {len(text)} characters exceed max_text_chars={cfg.max_text_chars}"
+                )
+        if options.dimensions != 0 and options.dimensions not in self.allowed_dimensions():
+            raise InvalidInputError(
+                f"dimensions: {options.dimensions} not supported; "
+                f"use 0 (full) or one of {self.allowed_dimensions()}"
+            )
+        if options.encoding not in ENCODINGS:
+            raise InvalidInputError(f"encoding: unknown value {options.encoding}")
+
+    async def embed(
+        self, texts: Sequence[str], options: EmbedOptions, deadline: float | None = None
+    ) -> EmbedResult:
+        """Embed one request through the batcher. `deadline` is on `time.monotonic`'s clock."""
+        self.validate(texts, options)
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(
+            self._tokenize_pool, self.tokenizer.encode, texts, options.truncate
+        )
+        tokenize_s = time.monotonic() - started
+        result = await self.batcher.submit(encoded.ids, deadline)
+        embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
+        return EmbedResult(embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s)
+
+    def embed_in_process(self, texts: Sequence[str], options: EmbedOptions | None = None) -> FloatArray:
+        """Tokenize and run one batch right here, in the calling thread (no batcher, no event loop)."""
+        opts = options or EmbedOptions()
+        self.validate(texts, opts)
+        encoded = self.tokenizer.encode(texts, opts.truncate)
+        return postprocess(self.sessions.embed_rows(encoded.ids), opts.dimensions, opts.normalize)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        self.sessions.close()
+
+    def close_sync(self) -> None:
+        """Release the thread pools when no event loop ever ran (CLI `embed`, benchmarks)."""
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        self.sessions.close()

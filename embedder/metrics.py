@@ -1,0 +1,136 @@
+"""Prometheus metrics: exactly the names in DESIGN.md ("Metrics"), on their own registry and HTTP port.
+
+Each server owns a `Metrics` with its own `CollectorRegistry`, so several servers can live in one
+process (tests) without clashing on the global registry.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.registry import Collector
+
+PREFIX = "streamrec_embedder_"
+
+# Every metric name the server exports (after prometheus_client adds `_total` to counters).
+METRIC_NAMES = tuple(
+    PREFIX + name
+    for name in (
+        "requests_total",
+        "items_total",
+        "tokens_total",
+        "request_latency_seconds",
+        "queue_wait_seconds",
+        "inference_seconds",
+        "batch_items",
+        "batch_tokens",
+        "padding_ratio",
+        "queue_items",
+        "model_info",
+    )
+)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKEN_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+_RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class Metrics:
+    """All serving metrics; implements the batcher's `BatchObserver`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # `_created` series are not in the contract; the switch is process-wide: flip it here, not on import.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = PREFIX
+        self.requests = Counter(
+            p + "requests", "RPCs (stream messages count one each)", ["method", "code"], registry=r
+        )
+        self.items = Counter(p + "items", "Texts embedded", registry=r)
+        self.tokens = Counter(
+            p + "tokens", "Tokens embedded (after truncation, incl. special tokens)", registry=r
+        )
+        self.request_latency = Histogram(
+            p + "request_latency_seconds",
+            "Server-side latency",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            p + "queue_wait_seconds",
+            "Time a request waited in the batch queue",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            p + "inference_seconds", "ONNX time per batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_items = Histogram(p + "batch_items", "Texts per batch", buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram(
+            p + "batch_tokens", "Padded tokens per batch", buckets=_TOKEN_BUCKETS, registry=r
+        )
+        self.padding_ratio = Histogram(
+            p + "padding_ratio",
+            "Share of a batch's tokens that are padding",
+            buckets=_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.queue_items = Gauge(p + "queue_items", "Texts waiting in the batch queue", registry=r)
+        self.model_info = Gauge(
+            p + "model_info", "Served model (value 1)", ["name", "version", "dim"], registry=r
+        )
+        self._http: WSGIServer | None = None
+        self._http_thread: threading.Thread | None = None
+
+    def set_model(self, name: str, version: str, dim: int) -> None:
+        self.model_info.labels(name=name, version=version, dim=str(dim)).set(1)
+
+    def observe_request(
+        self, method: str, code: str, latency_s: float, items: int = 0, tokens: int = 0
+    ) -> None:
+        self.requests.labels(method=method, code=code).inc()
+        self.request_latency.labels(method=method).observe(latency_s)
+        if items:
+            self.items.inc(items)
+        if tokens:
+            self.tokens.inc(tokens)
+
+    def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None:
+        self.batch_items.observe(items)
+        self.batch_tokens.observe(padded_tokens)
+        self.padding_ratio.observe(1.0 - real_tokens / padded_tokens if padded_tokens else 0.0)
+        self.inference.observe(inference_s)
+
+    def set_queued_items(self, items: int) -> None:
+        self.queue_items.set(items)
+
+    def start_http(self, host: str, port: int) -> int:
+        """Serve /metrics on (host, port); port 0 picks a free one. Returns the bound port."""
+        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+def registered_names(registry: Collector) -> set[str]:
+    """Metric family names a registry exports (used by tests and the dashboard check)."""
+    names: set[str] = set()
+    for family in registry.collect():
+        names.add(family.name + "_total" if family.type == "counter" else family.name)
+    return names

@@ -1,0 +1,246 @@
+"""The gRPC Embedder service: protobuf <-> engine, per-request metrics, and THE error-to-status mapping.
+
+`status_for` is the one place where our error types become gRPC status codes. Unexpected errors become
+INTERNAL with a request id; the trace goes to the log, never to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from embedder.encoding import ENCODINGS, pack
+from embedder.engine import EmbeddingEngine, EmbedOptions, EmbedResult
+from embedder.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    OverloadedError,
+    ShuttingDownError,
+)
+from embedder.metrics import Metrics
+from embedder.v1 import embedder_pb2 as pb
+from embedder.v1 import embedder_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
+    """Map an exception to (status code, message for the caller). The only such mapping in the server."""
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code, str(exc)
+    log.error("internal error, request_id=%s", request_id, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+
+
+def options_from(request: pb.EmbedRequest) -> EmbedOptions:
+    return EmbedOptions(
+        normalize=request.normalize if request.HasField("normalize") else True,
+        dimensions=request.dimensions,
+        truncate=request.truncate if request.HasField("truncate") else True,
+        encoding=int(request.encoding),
+    )
+
+
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _us(seconds: float) -> int:
+    return max(0, round(seconds * 1e6))
+
+
+class EmbedderService(pb_grpc.EmbedderServicer):
+    """Embed, EmbedStream, GetModelInfo over one `EmbeddingEngine`."""
+
+    def __init__(self, engine: EmbeddingEngine, metrics: Metrics) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._draining = False
+        self._stream_readers: set[asyncio.Task[None]] = set()
+        self._model_info = self._build_model_info()
+
+    def start_draining(self) -> None:
+        """New calls and new stream messages get UNAVAILABLE; stream readers stop reading."""
+        self._draining = True
+        for task in list(self._stream_readers):
+            task.cancel()
+
+    async def Embed(  # noqa: N802 (gRPC method name)
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse]
+    ) -> pb.EmbedResponse:
+        started = time.monotonic()
+        request_id = request.request_id or uuid.uuid4().hex[:16]
+        try:
+            response = await self._embed(request, request_id, started, _deadline(context))
+        except asyncio.CancelledError:
+            self._metrics.observe_request("Embed", "CANCELLED", time.monotonic() - started)
+            raise
+        except Exception as exc:
+            code, message = status_for(exc, request_id)
+            self._metrics.observe_request("Embed", code.name, time.monotonic() - started)
+            await context.abort(code, message)
+        self._observe_ok("Embed", response, started)
+        return response
+
+    async def EmbedStream(  # noqa: N802 (gRPC method name)
+        self,
+        request_iterator: AsyncIterator[pb.EmbedRequest],
+        context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
+    ) -> AsyncIterator[pb.EmbedResponse]:
+        """Messages run concurrently (so they batch together); responses come back in request order."""
+        inflight: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None] = asyncio.Queue(
+            maxsize=self._engine.config.max_stream_inflight
+        )
+        deadline = _deadline(context)
+        reader = asyncio.get_running_loop().create_task(
+            self._read_stream(request_iterator, inflight, deadline)
+        )
+        self._stream_readers.add(reader)
+        reader.add_done_callback(self._stream_readers.discard)
+        try:
+            while (task := await inflight.get()) is not None:
+                yield await task
+        finally:
+            reader.cancel()
+            while not inflight.empty():
+                if (task := inflight.get_nowait()) is not None:
+                    task.cancel()
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; reconnect elsewhere")
+        if not reader.cancelled() and (exc := reader.exception()) is not None:
+            raise exc
+
+    async def GetModelInfo(  # noqa: N802 (gRPC method name)
+        self,
+        request: pb.GetModelInfoRequest,
+        context: grpc.aio.ServicerContext[pb.GetModelInfoRequest, pb.ModelInfo],
+    ) -> pb.ModelInfo:
+        started = time.monotonic()
+        if self._draining:
+            self._metrics.observe_request("GetModelInfo", "UNAVAILABLE", time.monotonic() - started)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        self._metrics.observe_request("GetModelInfo", "OK", time.monotonic() - started)
+        return self._model_info
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    async def _embed(
+        self, request: pb.EmbedRequest, request_id: str, started: float, deadline: float | None
+    ) -> pb.EmbedResponse:
+        if self._draining:
+            raise ShuttingDownError("server is shutting down; retry on another replica")
+        options = options_from(request)
+        result = await self._engine.embed(request.texts, options, deadline)
+        return self._response(request_id, options, result, started)
+
+    async def _read_stream(
+        self,
+        requests: AsyncIterator[pb.EmbedRequest],
+        inflight: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None],
+        deadline: float | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for request in requests:
+                task = loop.create_task(self._stream_message(request, deadline))
+                try:
+                    await inflight.put(task)
+                except asyncio.CancelledError:
+                    task.cancel()
+                    raise
+        finally:
+            # The queue may be full; the sentinel must still get in or the writer waits forever.
+            while True:
+                try:
+                    inflight.put_nowait(None)
+                    break
+                except asyncio.QueueFull:
+                    await asyncio.sleep(0.001)
+
+    async def _stream_message(self, request: pb.EmbedRequest, deadline: float | None) -> pb.EmbedResponse:
+        """One stream message; failures become the message's `error` field, and the stream goes on."""
+        started = time.monotonic()
+        request_id = request.request_id or uuid.uuid4().hex[:16]
+        try:
+            response = await self._embed(request, request_id, started, deadline)
+        except Exception as exc:
+            code, message = status_for(exc, request_id)
+            self._metrics.observe_request("EmbedStream", code.name, time.monotonic() - started)
+            return pb.EmbedResponse(
+                request_id=request_id, error=pb.Error(code=code.value[0], message=message)
+            )
+        self._observe_ok("EmbedStream", response, started)
+        return response
+
+    def _response(
+        self, request_id: str, options: EmbedOptions, result: EmbedResult, started: float
+    ) -> pb.EmbedResponse:
+        packed = pack(result.embeddings, options.encoding)
+        count, dim = result.embeddings.shape
+        timing = pb.Timing(
+            tokenize_us=_us(result.tokenize_s),
+            queue_us=_us(result.queue_s),
+            inference_us=_us(result.inference_s),
+            total_us=_us(time.monotonic() - started),
+        )
+        return pb.EmbedResponse(
+            request_id=request_id,
+            dim=dim,
+            count=count,
+            encoding=options.encoding,  # type: ignore[arg-type]
+            embeddings=packed.data,
+            scales=packed.scales,
+            token_counts=result.token_counts,
+            total_tokens=sum(result.token_counts),
+            timing=timing,
+            model=self._engine.manifest.name,
+        )
+
+    def _observe_ok(self, method: str, response: pb.EmbedResponse, started: float) -> None:
+        self._metrics.observe_request(
+            method, "OK", time.monotonic() - started, items=response.count, tokens=response.total_tokens
+        )
+        self._metrics.queue_wait.observe(response.timing.queue_us / 1e6)
+
+    def _build_model_info(self) -> pb.ModelInfo:
+        m = self._engine.manifest
+        cfg = self._engine.config
+        limits = pb.ServerLimits(
+            max_texts_per_request=cfg.max_texts_per_request,
+            max_text_chars=cfg.max_text_chars,
+            max_batch_items=cfg.max_batch_items,
+            max_batch_tokens=cfg.max_batch_tokens,
+            max_wait_ms=cfg.max_wait_ms,
+            max_queued_items=cfg.max_queued_items,
+            max_receive_message_bytes=cfg.max_receive_message_bytes,
+            workers=self._engine.workers,
+        )
+        return pb.ModelInfo(
+            name=m.name,
+            version=m.version,
+            dim=m.dim,
+            max_tokens=m.max_tokens,
+            matryoshka_dims=m.matryoshka_dims,
+            parameters=m.parameters,
+            architecture=m.architecture,
+            metrics={k: float(v) for k, v in m.metrics.items()},
+            sha256=m.sha256,
+            limits=limits,
+            encodings=list(ENCODINGS),
+            supports_explain=False,
+        )

@@ -1,0 +1,64 @@
+"""Shared fixtures: a real bundle exported from training/'s CNN, and real servers on port 0.
+
+Servers run their asyncio loop in a background thread (tests/support.py), so tests drive them with the
+real blocking client, exactly as the ranking pipeline would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from embedder.bundle import Bundle, load_bundle, save_bundle
+from embedder.engine import EmbeddingEngine
+from tests.support import ServerThread, make_config
+
+# The tiny test architecture has no Matryoshka dims; the serving tests need some to exercise `dimensions`.
+TEST_MATRYOSHKA_DIMS = [64, 128]
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """The real CNN (tiny config, random weights) exported to ONNX, as a verified bundle."""
+    from training.export import export_random_bundle
+
+    raw = load_bundle(export_random_bundle(tmp_path_factory.mktemp("bundle-raw")))
+    fields = dataclasses.asdict(raw.manifest)
+    for key in ("format_version", "sha256"):
+        fields.pop(key)
+    fields["matryoshka_dims"] = TEST_MATRYOSHKA_DIMS
+    return save_bundle(tmp_path_factory.mktemp("bundle"), raw.model_path, raw.tokenizer_path, **fields)
+
+
+@pytest.fixture
+def start_server(bundle: Bundle) -> Iterator[Callable[..., ServerThread]]:
+    """Factory: `start_server(max_wait_ms=5)` -> a fresh ServerThread, stopped after the test."""
+    started: list[ServerThread] = []
+
+    def start(**overrides: Any) -> ServerThread:
+        server = ServerThread(bundle, make_config(**overrides))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(bundle: Bundle) -> Iterator[ServerThread]:
+    """One shared server for tests that only read (no metrics or shutdown assertions)."""
+    handle = ServerThread(bundle, make_config())
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(bundle: Bundle) -> Iterator[EmbeddingEngine]:
+    """In-process embedding (tokenizer + ONNX, no batcher, no server): the expected values."""
+    engine = EmbeddingEngine(bundle, make_config(workers=1, tokenizer_threads=1))
+    yield engine
+    engine.close_sync()

@@ -1,0 +1,60 @@
+"""Config precedence (flag > env > default), coercion and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedder.config import ServerConfig, load_config
+from embedder.errors import ConfigError
+
+
+def test_defaults_without_flags_or_env() -> None:
+    cfg = load_config({}, env={})
+    assert cfg == ServerConfig()
+    assert cfg.port == 50051
+    assert cfg.metrics_port == 9000
+    assert cfg.bundle == "models/streamrec-cnn-v1"
+
+
+def test_env_overrides_default_and_flag_overrides_env() -> None:
+    env = {"STREAMREC_EMBEDDER_MAX_WAIT_MS": "7.5", "STREAMREC_EMBEDDER_PORT": "6000"}
+    cfg = load_config({"port": 7000, "max_batch_items": None}, env=env)
+    assert cfg.max_wait_ms == 7.5  # env beat the default
+    assert cfg.port == 7000  # the flag beat env
+    assert cfg.max_batch_items == ServerConfig().max_batch_items  # None means "flag not given"
+
+
+def test_env_is_read_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMREC_EMBEDDER_WORKERS", "3")
+    assert load_config().workers == 3
+    monkeypatch.setenv("STREAMREC_EMBEDDER_WORKERS", "1")
+    assert load_config().workers == 1
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="STREAMREC_EMBEDDER_MAX_BATCH_ITEMS"):
+        load_config(env={"STREAMREC_EMBEDDER_MAX_BATCH_ITEMS": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        ({"max_batch_items": 0}, "max_batch_items"),
+        ({"max_wait_ms": -1.0}, "max_wait_ms"),
+        ({"port": 70000}, "port"),
+        ({"max_texts_per_request": 100, "max_queued_items": 10}, "max_texts_per_request"),
+    ],
+)
+def test_invalid_values_are_refused(flags: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        load_config(flags, env={})
+
+
+def test_unknown_flag_is_refused() -> None:
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        load_config({"max_batch_size": 3}, env={})
+
+
+def test_workers_zero_means_one_per_core() -> None:
+    assert ServerConfig(workers=0).resolved_workers() >= 1
+    assert ServerConfig(workers=3).resolved_workers() == 3
