@@ -35,7 +35,8 @@ lint: $(VENV)/.dev  ## ruff lint + format check
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.dev
-	$(VENV)/bin/mypy embedder training benchmarks
+	$(VENV)/bin/mypy --strict embedder
+	$(VENV)/bin/mypy training benchmarks
 
 pytest: $(VENV)/.dev
 	$(PY) -m pytest -m "not slow"

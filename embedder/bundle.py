@@ -121,7 +121,9 @@ def load_bundle(path: str | Path, verify_sha256: bool = True) -> Bundle:
 
 def _check_fields(m: Manifest, root: Path) -> None:
     if m.dim <= 0 or m.max_tokens <= 2:
-        raise BundleError(f"bundle {root}: dim and max_tokens must be positive (dim={m.dim}, max={m.max_tokens})")
+        raise BundleError(
+            f"bundle {root}: dim and max_tokens must be positive (dim={m.dim}, max={m.max_tokens})"
+        )
     bad = [d for d in m.matryoshka_dims if not 0 < d <= m.dim]
     if bad:
         raise BundleError(f"bundle {root}: matryoshka_dims {bad} outside 1..{m.dim}")

@@ -1,0 +1,126 @@
+"""The training job's configuration: one TOML file, one dataclass per stage.
+
+The whole resolved config is saved in every checkpoint and in the bundle manifest, so a model can always
+be traced back to (and rebuilt from) the settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from training.model import ModelConfig
+
+T = TypeVar("T")
+
+
+@dataclass
+class TeacherConfig:
+    batch_size: int = 128
+    # Views per text whose teacher targets are cached: 1 = the text itself; more = augmented views too.
+    views: int = 1
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1234
+    max_tokens: int = 128
+    batch_size: int = 256
+    steps: int = 20000
+    lr: float = 3e-3
+    embed_lr: float = 1e-2
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    # Losses: cosine distillation + MSE on the teacher vectors, in-batch InfoNCE against teacher rows,
+    # and a relational term matching the batch's cosine-similarity matrix to the teacher's.
+    w_cos: float = 1.0
+    w_mse: float = 0.0
+    w_infonce: float = 0.1
+    tau: float = 0.05
+    w_relational: float = 1.0
+    # Augmentation of the student's input (teacher target stays the clean text's).
+    p_augment: float = 0.5
+    token_mask_rate: float = 0.1
+    span_delete_max: int = 4
+    crop_min_fraction: float = 0.6
+    word_dropout_rate: float = 0.1
+    init_from_teacher: bool = True
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    max_train_texts: int = 0  # 0 = all
+    log_every: int = 50
+
+
+@dataclass
+class ExportConfig:
+    name: str = "streamrec-cnn"
+    version: str = "1.0.0"
+    out_dir: str = "models/streamrec-cnn-v1"
+    int8: bool = True
+    parity_texts: int = 256
+
+
+@dataclass
+class EvalConfig:
+    agreement_pairs: int = 20000
+    agreement_texts: int = 5000
+    knn_k: int = 10
+
+
+@dataclass
+class JobConfig:
+    name: str
+    path: str
+    corpus: dict[str, Any]
+    model: ModelConfig
+    teacher: TeacherConfig
+    train: TrainConfig
+    export: ExportConfig
+    eval: EvalConfig
+    work_dir: str = ".cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.work_dir) / "runs" / self.name
+
+
+def _build(cls: type[T], table: dict[str, Any], section: str) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ValueError(f"[{section}] has unknown keys {unknown}; known: {sorted(names)}")
+    return cls(**table)
+
+
+def load_job_config(path: str | Path) -> JobConfig:
+    raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    known = {"name", "work_dir", "corpus", "model", "teacher", "train", "export", "eval"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown tables {unknown}")
+    return JobConfig(
+        name=raw.get("name", Path(path).stem),
+        path=str(path),
+        work_dir=raw.get("work_dir", ".cache"),
+        corpus=raw.get("corpus", {}),
+        model=_build(ModelConfig, raw.get("model", {}), "model"),
+        teacher=_build(TeacherConfig, raw.get("teacher", {}), "teacher"),
+        train=_build(TrainConfig, raw.get("train", {}), "train"),
+        export=_build(ExportConfig, raw.get("export", {}), "export"),
+        eval=_build(EvalConfig, raw.get("eval", {}), "eval"),
+    )
+
+
+def config_hash(cfg: Any) -> str:
+    """Short stable hash of a (dataclass or dict) config, for cache keys."""
+    import hashlib
+    import json
+
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else cfg
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,33 @@
+"""Distillation losses: the student's embedding against the teacher's (normalised) embedding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    return (1.0 - F.cosine_similarity(student, teacher, dim=1)).mean()
+
+
+def mse_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(F.normalize(student, dim=1), F.normalize(teacher, dim=1))
+
+
+def info_nce(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+    """In-batch contrastive: each student row must pick its own teacher row among the batch's."""
+    logits = F.normalize(student, dim=1) @ F.normalize(teacher, dim=1).T / tau
+    labels = torch.arange(len(student), device=student.device)
+    return F.cross_entropy(logits, labels)
+
+
+def relational(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MSE between the batch's student and teacher cosine-similarity matrices (off-diagonal).
+
+    This is the quantity the ranking pipeline feels: which items look alike, not where each one sits.
+    """
+    s = F.normalize(student, dim=1)
+    t = F.normalize(teacher, dim=1)
+    diff = s @ s.T - t @ t.T
+    off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+    return (diff[off] ** 2).mean()

@@ -1,0 +1,119 @@
+"""The student: a residual depthwise-separable 1D CNN over WordPiece tokens.
+
+Laid out for the fast ONNX Runtime form measured in ../shared/PERF_NOTES.md: activations are NCHW with
+H=1 so every conv exports as `Conv` (BatchNorm folds into it) and ReLU follows; no LayerNorm, GELU or GLU.
+
+    ids -> Embedding(V, E) -> [B, E, 1, T] -> (1x1 stem to C if E != C)
+        -> blocks: x + BN(pw(ReLU(BN(dw_dilated(x))))) then ReLU, padding zeroed after each block
+        -> masked mean of [features ; embeddings]  (the static "bag of tokens" skip)
+        -> Linear(C + E -> dim)
+
+Padding is zeroed after every block so a text's embedding does not depend on how much padding its
+batch-mates forced on it (the server groups by length, but exactness is worth ~10% here).
+Pooling is a masked mean followed by one linear map, so the embedding is an exact sum of per-token
+contributions (the Explain feature relies on this): `token_features()` exposes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 30522
+    embed_dim: int = 128
+    channels: int = 128
+    kernel_size: int = 3
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    out_dim: int = 384
+    static_skip: bool = True
+    pad_token_id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SeparableBlock(nn.Module):
+    """Depthwise dilated conv + BN + ReLU, pointwise conv + BN, residual add, ReLU."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int) -> None:
+        super().__init__()
+        pad = dilation * (kernel_size - 1) // 2
+        self.dw = nn.Conv2d(
+            channels,
+            channels,
+            (1, kernel_size),
+            padding=(0, pad),
+            dilation=(1, dilation),
+            groups=channels,
+            bias=False,
+        )
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.pw = nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.bn2.weight)  # each block starts as identity: training begins from the skip path
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.dw(x)))
+        h = self.bn2(self.pw(h))
+        return torch.relu(x + h) * mask
+
+
+class CNNEncoder(nn.Module):
+    """Inputs `input_ids`, `attention_mask` int64 [B, T]; output pooled embeddings float32 [B, out_dim]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {cfg.kernel_size}")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.pad_token_id)
+        self.stem: nn.Module = (
+            nn.Identity() if cfg.embed_dim == cfg.channels else nn.Conv2d(cfg.embed_dim, cfg.channels, 1)
+        )
+        self.blocks = nn.ModuleList(SeparableBlock(cfg.channels, cfg.kernel_size, d) for d in cfg.dilations)
+        pooled = cfg.channels + (cfg.embed_dim if cfg.static_skip else 0)
+        self.proj = nn.Linear(pooled, cfg.out_dim)
+
+    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-position pooled-space features [B, T, C(+E)], zero at padding."""
+        mask = attention_mask.to(torch.float32)[:, None, None, :]  # [B, 1, 1, T]
+        e = self.embed(input_ids).transpose(1, 2).unsqueeze(2) * mask  # [B, E, 1, T]
+        x = self.stem(e) * mask if not isinstance(self.stem, nn.Identity) else e
+        for block in self.blocks:
+            x = block(x, mask)
+        feats = torch.cat([x, e], dim=1) if self.cfg.static_skip else x
+        return feats.squeeze(2).transpose(1, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feats = self.token_features(input_ids, attention_mask)  # [B, T, P]
+        count = attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(feats.dtype)
+        pooled = feats.sum(dim=1) / count
+        out: torch.Tensor = self.proj(pooled)
+        return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_token(cfg: ModelConfig) -> int:
+    """Multiply-accumulates per token position, excluding the embedding lookup (a gather)."""
+    stem = 0 if cfg.embed_dim == cfg.channels else cfg.embed_dim * cfg.channels
+    block = cfg.channels * cfg.kernel_size + cfg.channels * cfg.channels
+    return stem + block * len(cfg.dilations)
+
+
+def architecture_summary(cfg: ModelConfig) -> str:
+    dil = "/".join(str(d) for d in cfg.dilations)
+    skip = " + static mean-of-embeddings skip" if cfg.static_skip else ""
+    return (
+        f"residual depthwise-separable 1D CNN: E={cfg.embed_dim}, {len(cfg.dilations)} blocks at "
+        f"{cfg.channels} ch, k={cfg.kernel_size}, dilations {dil}, BN+ReLU, masked mean pool{skip}, "
+        f"linear -> {cfg.out_dim}"
+    )
