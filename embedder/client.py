@@ -81,7 +81,10 @@ def _addresses(addresses: str | Sequence[str]) -> list[str]:
 def _should_retry(
     exc: grpc.RpcError, attempt: int, opts: ClientOptions, deadline: float, pause: float
 ) -> bool:
-    code = exc.code() if isinstance(exc, grpc.Call) else None
+    code_of = getattr(
+        exc, "code", None
+    )  # sync errors are grpc.Call; aio's AioRpcError is not, but has code()
+    code = code_of() if callable(code_of) else None
     return code in RETRYABLE and attempt + 1 < opts.max_attempts and time.monotonic() + pause < deadline
 
 

@@ -35,11 +35,14 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 @pytest.fixture
 def start_server(bundle: Bundle) -> Iterator[Callable[..., ServerThread]]:
-    """Factory: `start_server(max_wait_ms=5)` -> a fresh ServerThread, stopped after the test."""
+    """Factory: `start_server(max_wait_ms=5)` -> a fresh ServerThread, stopped after the test.
+
+    `served=` serves another bundle than the test one.
+    """
     started: list[ServerThread] = []
 
-    def start(**overrides: Any) -> ServerThread:
-        server = ServerThread(bundle, make_config(**overrides))
+    def start(served: Bundle | None = None, **overrides: Any) -> ServerThread:
+        server = ServerThread(served or bundle, make_config(**overrides))
         started.append(server)
         return server
 
