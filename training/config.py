@@ -98,8 +98,23 @@ def _build(cls: type[T], table: dict[str, Any], section: str) -> T:
     return cls(**table)
 
 
-def load_job_config(path: str | Path) -> JobConfig:
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
+    """Apply `section.key=value` overrides (value parsed as a TOML literal, else taken as a string)."""
+    for item in overrides:
+        dotted, sep, value = item.partition("=")
+        if not sep or "." not in dotted:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        section, key = dotted.split(".", 1)
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        raw.setdefault(section, {})[key] = parsed
+
+
+def load_job_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    apply_overrides(raw, overrides or [])
     known = {"name", "work_dir", "corpus", "model", "teacher", "train", "export", "eval"}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -56,15 +56,25 @@ def _write_progress(path: Path, done: int, total: int) -> None:
 
 
 def compute_targets(
-    texts: list[str], out_path: Path, max_tokens: int, batch_size: int = 128, chunk: int = 4096
+    texts: list[str],
+    out_path: Path,
+    max_tokens: int,
+    *,
+    batch_size: int = 128,
+    chunk: int = 4096,
+    limit: int | None = None,
 ) -> np.memmap:
-    """Teacher embeddings of `texts` into a float16 memmap; resumes from the last finished chunk."""
+    """Teacher embeddings of `texts` into a float16 memmap; resumes from the last finished chunk.
+
+    With `limit`, only the first `limit` rows are (made sure to be) computed; the file keeps room for all.
+    """
     out_path.parent.mkdir(parents=True, exist_ok=True)
     progress = out_path.with_suffix(".progress.json")
     n = len(texts)
     mode = "r+" if out_path.exists() and progress.exists() else "w+"
     targets = np.lib.format.open_memmap(out_path, mode=mode, dtype=np.float16, shape=(n, TEACHER_DIM))
     done = _read_progress(progress) if mode == "r+" else 0
+    n = min(n, limit) if limit else n
     if done >= n:
         return targets
     model = load_teacher(max_tokens)
@@ -79,7 +89,7 @@ def compute_targets(
             emb = emb.astype(np.float32)
             targets[done:end] = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
             targets.flush()
-            _write_progress(progress, end, n)
+            _write_progress(progress, end, len(texts))
             bar.update(end - done)
             done = end
     return targets

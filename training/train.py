@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from training import evaluate, losses
 from training.augment import AugmentConfig
 from training.config import JobConfig, TrainConfig, config_hash, load_job_config
 from training.data import Collator, TokenizedCorpus, continuation_mask, step_batches, tokenize_corpus
-from training.model import CNNEncoder, count_parameters, macs_per_token
+from training.model import CNNEncoder
 from training.teacher import compute_targets, teacher_tokenizer_path, token_vectors
 
 CLS_ID, SEP_ID, MASK_ID = 101, 102, 103
@@ -78,13 +77,17 @@ def _read_jsonl(path: Path) -> list[str]:
         return [json.loads(line)["text"] for line in fh]
 
 
-def stage_teacher(job: JobConfig, texts: list[str], tag: str, d: Dist) -> np.ndarray:
+def stage_teacher(job: JobConfig, texts: list[str], tag: str, d: Dist, limit: int = 0) -> np.ndarray:
+    """Teacher targets for `texts` (or their first `limit`), cached; the cache key ignores `limit`."""
     key = config_hash({"texts": len(texts), "first": texts[:3], "max_tokens": job.train.max_tokens})
     path = Path(job.work_dir) / "teacher" / f"{tag}-{key}.npy"
     if d.main:
-        compute_targets(texts, path, job.train.max_tokens, job.teacher.batch_size)
+        compute_targets(
+            texts, path, job.train.max_tokens, batch_size=job.teacher.batch_size, limit=limit or None
+        )
     d.barrier()
-    return np.load(path, mmap_mode="r")
+    targets = np.load(path, mmap_mode="r")
+    return targets[:limit] if limit else targets
 
 
 def eval_sample(job: JobConfig, heldout: list[str]) -> list[str]:
@@ -297,18 +300,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--config", required=True)
     parser.add_argument("--stop-after", choices=["corpus", "teacher", "train"], default=None)
+    parser.add_argument(
+        "--work-dir", default=None, help="cache/run directory (default: the config's work_dir)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value"
+    )
+    parser.add_argument("--max-train-texts", type=int, default=0, help="train on the first N texts only")
     parser.add_argument("--out-dir", default=None, help="bundle directory (default: [export].out_dir)")
     args = parser.parse_args(argv)
-    job = load_job_config(args.config)
+    job = load_job_config(args.config, args.set)
+    if args.work_dir:
+        job.work_dir = args.work_dir
     d = setup_dist()
     train_texts, heldout = stage_corpus(job, d)
-    if job.train.max_train_texts:
-        train_texts = train_texts[: job.train.max_train_texts]
     if args.stop_after == "corpus":
         return 0
     ev_texts = eval_sample(job, heldout)
     ev_targets = stage_teacher(job, ev_texts, "heldout", d)
-    targets = stage_teacher(job, train_texts, "train", d)
+    limit = args.max_train_texts or job.train.max_train_texts
+    targets = stage_teacher(job, train_texts, "train", d, limit)
+    train_texts = train_texts[: len(targets)]
     if args.stop_after == "teacher":
         return 0
     key = config_hash({"n": len(train_texts), "first": train_texts[:3], "max": job.train.max_tokens})
@@ -319,18 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(job.work_dir) / "tokens" / f"{key}.npz",
     )
     model = train(job, corpus, targets, (ev_texts, ev_targets), d)
-    if args.stop_after == "train" or not d.main:
-        return 0
-    from training.publish import publish
+    if d.main and args.stop_after != "train":
+        from training.publish import publish
 
-    publish(job, model, heldout, (ev_texts, ev_targets), Path(args.out_dir or job.export.out_dir))
+        publish(job, model, heldout, (ev_texts, ev_targets), Path(args.out_dir or job.export.out_dir))
     if d.world > 1:
         dist.destroy_process_group()
     return 0
-
-
-def describe(model: CNNEncoder) -> dict[str, Any]:
-    return {"parameters": count_parameters(model), "macs_per_token": macs_per_token(model.cfg)}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,106 @@
+"""The whole offline job on the tiny config: corpus -> teacher -> train -> export -> parity -> bundle.
+
+Also: resume after an interrupt continues from the checkpoint, DDP under torchrun (2 procs, gloo) trains,
+and the bundle loads in the serving runtime and embeds exactly what the torch checkpoint does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = "training/configs/tiny.toml"
+
+
+def _job(*args: str, cwd: Path = REPO, torchrun: bool = False, timeout: float = 150) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    head = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        if torchrun
+        else [sys.executable]
+    )
+    proc = subprocess.run(
+        [*head, "-m", "training.train", "--config", TINY, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout
+
+
+def _log(work: Path) -> list[dict[str, object]]:
+    lines = (work / "runs" / "tiny" / "log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("work")
+    bundle = work / "bundle"
+    _job("--work-dir", str(work), "--out-dir", str(bundle))
+    return work, bundle
+
+
+def test_tiny_job_writes_a_verified_bundle_with_parity(tiny_run: tuple[Path, Path]) -> None:
+    from embedder.bundle import load_bundle
+
+    work, bundle = tiny_run
+    manifest = load_bundle(bundle).manifest
+    assert manifest.dim == 384 and manifest.max_tokens == 64
+    assert manifest.parameters > 900_000
+    assert manifest.source["config"]["name"] == "tiny"
+    assert manifest.source["git_commit"]
+    assert 0.0 <= manifest.metrics["parity_max_abs_diff"] <= 1e-4
+    assert -100 < manifest.metrics["stsb_dev_spearman"] <= 100
+    report = json.loads((work / "runs" / "tiny" / "report.json").read_text())
+    assert report["variants"]["fp32"]["items_per_s"] > 0
+    steps = [row["step"] for row in _log(work) if "loss" in row]
+    assert steps[-1] == 20
+
+
+def test_bundle_serves_what_the_checkpoint_computes(tiny_run: tuple[Path, Path]) -> None:
+    from training.train import encode, load_model
+
+    work, bundle = tiny_run
+    texts = ["a man is playing a guitar", "Debian package: a tiny text editor for the terminal", "ok"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedder.cli", "embed", "--bundle", str(bundle), "--no-normalize", *texts],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    served = np.array([json.loads(line)["embedding"] for line in proc.stdout.splitlines()], dtype=np.float32)
+    model = load_model(work / "runs" / "tiny" / "last.pt")
+    expected = encode(model, texts, max_tokens=64)
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
+    _job("--work-dir", str(tmp_path), "--stop-after", "train", "--set", "train.steps=10")
+    _job("--work-dir", str(tmp_path), "--stop-after", "train", "--set", "train.steps=20")
+    steps = [row["step"] for row in _log(tmp_path) if "loss" in row]
+    assert steps == [5, 10, 15, 20]  # second run picked up at step 10, did not redo 1..10
+
+
+def test_ddp_two_processes_train(tmp_path: Path) -> None:
+    _job("--work-dir", str(tmp_path), "--stop-after", "train", torchrun=True)
+    import torch
+
+    ckpt = torch.load(tmp_path / "runs" / "tiny" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 20
+    assert ckpt["config"]["model"]["channels"] == 32
