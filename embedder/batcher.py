@@ -1,11 +1,15 @@
 """Dynamic batcher: merges texts from all callers into padded batches for the inference workers.
 
 A batch is flushed when a worker is free and any of these holds: `max_batch_items` texts are queued,
-the queued texts would fill `max_batch_tokens` padded tokens (longest x count), or the oldest text has
-waited `max_wait_ms`. A batch starts from the oldest queued text (so nothing starves) and is filled
-with the texts closest to it in length, to cut padding. The queue is bounded: a request that does not
-fit is rejected at once with `OverloadedError`. If inference raises, every caller in that batch gets an
-`InferenceError`; nobody is left waiting.
+the queued texts would fill `max_batch_tokens` padded tokens (longest x count), the oldest text has
+waited `max_wait_ms`, or no more texts are on their way. Callers announce texts that are on their way
+(being tokenized) with `expect_arrival()`; waiting for batch-mates only pays while some are coming, so a
+lone caller on an idle server is not charged `max_wait_ms`.
+
+A batch starts from the oldest queued text (so nothing starves) and is filled with the texts closest to
+it in length, to cut padding. The queue is bounded: a request that does not fit is rejected at once with
+`OverloadedError`. If inference raises, every caller in that batch gets an `InferenceError`; nobody is
+left waiting.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ class DynamicBatcher:
         self._by_length: dict[int, deque[_Item]] = {}
         self._queued = 0
         self._busy = 0
+        self._arriving = 0
         self._batch_ids = itertools.count()
         self._accepting = True
         self._wake: asyncio.Event | None = None
@@ -119,11 +124,26 @@ class DynamicBatcher:
         self._wake = asyncio.Event()
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name="embedder-batcher")
 
-    async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
+    def expect_arrival(self) -> None:
+        """A request is on its way (e.g. being tokenized): worth waiting up to `max_wait_ms` for."""
+        self._arriving += 1
+
+    def arrival_cancelled(self) -> None:
+        """An announced request will not come (tokenization failed or was cancelled)."""
+        self._arriving -= 1
+        if self._wake is not None:
+            self._wake.set()
+
+    async def submit(
+        self, rows: Sequence[list[int]], deadline: float | None = None, announced: bool = False
+    ) -> BatchResult:
         """Queue one request's token rows; return its embeddings in input order.
 
-        `deadline` is on this batcher's clock (`time.monotonic` by default).
+        `deadline` is on this batcher's clock (`time.monotonic` by default). `announced=True` when this
+        request was announced with `expect_arrival()`.
         """
+        if announced:
+            self._arriving -= 1
         if not self._accepting or self._wake is None:
             raise ShuttingDownError("server is shutting down")
         n = len(rows)
@@ -188,7 +208,7 @@ class DynamicBatcher:
             if oldest is None:
                 return
             wait_s = oldest.enqueued_at + self.limits.max_wait_ms / 1000.0 - self._clock()
-            if wait_s > 0 and self._accepting and not self._full():
+            if wait_s > 0 and self._arriving > 0 and self._accepting and not self._full():
                 await self._sleep_or_wake(wait_s)
                 continue
             self._launch(self._take_batch(oldest))

@@ -116,11 +116,16 @@ class EmbeddingEngine:
         self.validate(texts, options)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(
-            self._tokenize_pool, self.tokenizer.encode, texts, options.truncate
-        )
+        self.batcher.expect_arrival()
+        try:
+            encoded = await loop.run_in_executor(
+                self._tokenize_pool, self.tokenizer.encode, texts, options.truncate
+            )
+        except BaseException:
+            self.batcher.arrival_cancelled()
+            raise
         tokenize_s = time.monotonic() - started
-        result = await self.batcher.submit(encoded.ids, deadline)
+        result = await self.batcher.submit(encoded.ids, deadline, announced=True)
         embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
         return EmbedResult(embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s)
 

@@ -21,15 +21,17 @@ from embedder.client import decode
 from embedder.engine import EmbeddingEngine
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
-from tests.support import ServerThread, embed_reference
+from tests.support import ServerThread, embed_reference, sample_texts
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_drain_order(start_server: Callable[..., ServerThread], reference: EmbeddingEngine) -> None:
-    # A long max_wait_ms keeps the accepted call queued while the drain starts.
+    # A long max_wait_ms plus a caller announced as "being tokenized" (who never comes) keep the
+    # accepted call in the batch queue while the drain starts.
     srv = start_server(max_wait_ms=1000, grace_period_s=5)
+    srv.loop.call_soon_threadsafe(srv.running.engine.batcher.expect_arrival)
     texts = ["accepted before the drain", "and finishes"]
     with grpc.insecure_channel(srv.address) as ch, ThreadPoolExecutor(2) as pool:
         stub = pb_grpc.EmbedderStub(ch)
@@ -72,16 +74,22 @@ def _wait_for_port(proc: subprocess.Popen[str], timeout_s: float = 30.0) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_drains_and_exits_zero(bundle: Bundle, sig: signal.Signals) -> None:
     cmd = [sys.executable, "-m", "embedder.cli", "serve", "--bundle", str(bundle.path), "--host", "127.0.0.1"]
-    cmd += ["--port", "0", "--metrics-port", "-1", "--max-wait-ms", "1000", "--grace-period-s", "5"]
+    # One worker and one text per batch make a 512-text call slow enough to be in flight at the signal.
+    cmd += ["--port", "0", "--metrics-port", "-1", "--workers", "1", "--max-batch-items", "1"]
+    cmd += ["--grace-period-s", "10"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         port = _wait_for_port(proc)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch, ThreadPoolExecutor(1) as pool:
             stub = pb_grpc.EmbedderStub(ch)
-            accepted = pool.submit(stub.Embed, pb.EmbedRequest(texts=["in flight"]), timeout=30)
-            time.sleep(0.3)
+            sent = time.monotonic()
+            accepted = pool.submit(stub.Embed, pb.EmbedRequest(texts=sample_texts(512)), timeout=30)
+            time.sleep(0.05)
             proc.send_signal(sig)
-            assert accepted.result(timeout=10).count == 1
+            signalled_after_s = time.monotonic() - sent
+            resp = accepted.result(timeout=15)
+            assert resp.count == 512
+            assert resp.timing.total_us / 1e6 > signalled_after_s  # it really was in flight at the signal
             with pytest.raises(grpc.RpcError) as info:
                 stub.Embed(pb.EmbedRequest(texts=["after the signal"]), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE

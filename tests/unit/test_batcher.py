@@ -88,6 +88,7 @@ def test_flushes_on_max_batch_tokens_counting_padding() -> None:
     async def body() -> None:
         model = FakeModel()
         batcher = started(model, limits(max_batch_tokens=40))
+        batcher.expect_arrival()  # another caller is on its way, so a part-full batch is worth holding
         # 7 rows of 10 tokens: 4 x 10 = 40 padded tokens fit a batch, 5 x 10 would not.
         task = asyncio.create_task(batcher.submit(rows(0, 7, length=10)))
         await asyncio.sleep(0.3)
@@ -116,6 +117,7 @@ def test_flushes_after_max_wait_ms() -> None:
     async def body() -> None:
         model = FakeModel()
         batcher = started(model, limits(max_wait_ms=150))
+        batcher.expect_arrival()  # announced but never comes: only max_wait_ms can flush
         t0 = time.monotonic()
         await batcher.submit(rows(0, 3))
         waited = time.monotonic() - t0
@@ -126,11 +128,32 @@ def test_flushes_after_max_wait_ms() -> None:
     run(body)
 
 
+def test_flushes_at_once_when_no_more_texts_are_coming() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        batcher = started(model, limits(max_wait_ms=60_000))
+        t0 = time.monotonic()
+        await batcher.submit(rows(0, 3))
+        assert time.monotonic() - t0 < 2.0
+        batcher.expect_arrival()
+        late = asyncio.create_task(batcher.submit(rows(10, 2)))
+        await asyncio.sleep(0.1)
+        assert not late.done()  # held for the announced caller ...
+        batcher.arrival_cancelled()  # ... until it is known not to come
+        await late
+        assert [len(b) for b in model.batches] == [3, 2]
+        await batcher.close()
+
+    run(body)
+
+
 def test_merges_callers_into_one_batch_within_max_wait() -> None:
     async def body() -> None:
         model = FakeModel()
-        batcher = started(model, limits(max_wait_ms=100))
-        results = await asyncio.gather(*(batcher.submit(rows(10 * i, 2)) for i in range(5)))
+        batcher = started(model, limits(max_wait_ms=1000))
+        for _ in range(5):
+            batcher.expect_arrival()
+        results = await asyncio.gather(*(batcher.submit(rows(10 * i, 2), announced=True) for i in range(5)))
         assert [len(b) for b in model.batches] == [10]
         for i, result in enumerate(results):
             assert result.embeddings[:, 0].tolist() == [10 * i, 10 * i + 1]
@@ -223,11 +246,13 @@ def test_inference_error_reaches_every_caller_in_the_batch() -> None:
     async def body() -> None:
         model = FakeModel()
         model.fail_on = lambda batch: any(r[0] == 666 for r in batch)
-        batcher = started(model, limits(max_wait_ms=50))
+        batcher = started(model, limits(max_wait_ms=1000))
+        for _ in range(3):
+            batcher.expect_arrival()
         outcomes = await asyncio.gather(
-            batcher.submit(rows(0, 2)),
-            batcher.submit([[666]]),
-            batcher.submit(rows(10, 3)),
+            batcher.submit(rows(0, 2), announced=True),
+            batcher.submit([[666]], announced=True),
+            batcher.submit(rows(10, 3), announced=True),
             return_exceptions=True,
         )
         assert all(isinstance(o, InferenceError) for o in outcomes)
@@ -306,6 +331,7 @@ def test_close_fails_queued_requests_and_refuses_new_ones() -> None:
     async def body() -> None:
         model = FakeModel()
         batcher = started(model, limits(max_wait_ms=60_000))
+        batcher.expect_arrival()
         waiting = asyncio.create_task(batcher.submit(rows(0, 2)))
         await asyncio.sleep(0.02)
         await batcher.close()
