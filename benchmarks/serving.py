@@ -46,8 +46,8 @@ TARGETS = {
 # Server configs swept (flags of `streamrec-embedder serve`); the first is the shipped default.
 SERVER_CONFIGS: tuple[dict[str, Any], ...] = (
     {},
-    {"max_wait_ms": 1.0, "max_batch_items": 128},
-    {"tokenizer_threads": 1},
+    {"max_batch_items": 32, "max_wait_ms": 1.0},
+    {"max_batch_items": 128, "tokenizer_threads": 1},
 )
 CONCURRENCY = (8, 32)
 
