@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import queue
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -98,3 +99,23 @@ def test_signal_drains_and_exits_zero(bundle: Bundle, sig: signal.Signals) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_open_stream_is_ended_with_unavailable_on_drain(start_server: Callable[..., ServerThread]) -> None:
+    srv = start_server(grace_period_s=5)
+    outbox: queue.Queue[pb.EmbedRequest | None] = queue.Queue()
+
+    def requests() -> Iterator[pb.EmbedRequest]:
+        while (message := outbox.get()) is not None:
+            yield message
+
+    with grpc.insecure_channel(srv.address) as ch:
+        responses = pb_grpc.EmbedderStub(ch).EmbedStream(requests(), timeout=30)
+        outbox.put(pb.EmbedRequest(texts=["first"], request_id="1"))
+        assert next(responses).request_id == "1"
+        stopping = srv.submit(srv.running.stop(5.0))
+        with pytest.raises(grpc.RpcError) as info:
+            next(responses)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        outbox.put(None)
+        stopping.result(timeout=10)
