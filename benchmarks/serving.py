@@ -2,8 +2,8 @@
 
 - end-to-end gRPC throughput (requests of 32 item texts, 20-40 words), swept over a few server configs
   and caller counts, best reported; the server is a real subprocess (`streamrec-embedder serve`);
-- in-process throughput (tokenizer + ONNX, same 32-text batches, one thread per worker) and the
-  efficiency ratio gRPC / in-process;
+- in-process throughput (tokenizer + ONNX, same 32-text batches, as many threads as the server) and
+  the efficiency ratio gRPC / in-process;
 - one caller, one text per call: p50 / p99;
 - server RSS (peak during load, psutil) and start-to-SERVING time.
 The machine is shared, so the throughput figures are run in interleaved rounds; median and max reported.
@@ -127,11 +127,27 @@ def rss_sampler(server: ServerProcess, every_s: float = 0.2) -> Iterator[None]:
         thread.join()
 
 
-def in_process_items_per_s(bundle: Path, requests: Sequence[list[str]], seconds: float = 5.0) -> float:
-    """Tokenizer + ONNX on the same 32-text batches, one thread per worker, no gRPC, no batcher."""
+def _cpu_s(pid: int | None = None) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def in_process_items_per_s(
+    bundle: Path, requests: Sequence[list[str]], seconds: float = 5.0
+) -> tuple[float, float]:
+    """Tokenizer + ONNX on the same 32-text batches, no gRPC, no batcher.
+
+    As many threads as the server runs (inference workers + tokenizer threads), so tokenizing one batch
+    overlaps inference of another as it does in the server: on a shared machine, fewer runnable threads
+    would also mean a smaller share of the CPU, and the ratio would flatter the server.
+    Returns (items/s, CPU ms per item).
+    """
     config = load_config({"bundle": str(bundle)}, env={})
     engine = EmbeddingEngine(load_bundle(bundle), config)
-    counts = [0] * engine.workers
+    threads_n = engine.workers + config.resolved_tokenizer_threads()
+    counts = [0] * threads_n
+    all_items = [0] * threads_n
+    cpu_before = _cpu_s()
     stop_at = time.monotonic() + 1.0 + seconds
     measure_from = time.monotonic() + 1.0
 
@@ -140,17 +156,19 @@ def in_process_items_per_s(bundle: Path, requests: Sequence[list[str]], seconds:
         while (now := time.monotonic()) < stop_at:
             texts = requests[k % len(requests)]
             engine.sessions.embed_rows(engine.tokenizer.encode(texts).ids)
+            all_items[i] += len(texts)
             if now >= measure_from:
                 counts[i] += len(texts)
-            k += engine.workers
+            k += threads_n
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(engine.workers)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    cpu_ms_per_item = (_cpu_s() - cpu_before) * 1000.0 / max(1, sum(all_items))
     engine.close_sync()
-    return sum(counts) / seconds
+    return sum(counts) / seconds, cpu_ms_per_item
 
 
 def _grpc_sweep(
@@ -176,16 +194,26 @@ def run_serving_benchmark(bundle: Path, rounds: int = 2, seconds: float = 5.0) -
     best_flags = best["config"]
     best_concurrency = best["concurrency"]
     grpc_rounds: list[float] = []
+    grpc_cpu: list[float] = []
+    client_cpu: list[float] = []
+    inproc_cpu: list[float] = []
     inproc_rounds: list[float] = []
     starts: list[float] = []
     peak_rss = 0.0
     for _ in range(rounds):  # interleaved: the shared machine drifts between fast and slow states
         with server_process(bundle, **best_flags) as server, rss_sampler(server):
             starts.append(server.start_to_serving_s)
+            cpu_before = _cpu_s(server.proc.pid), _cpu_s()
             r = closed_loop(server.address, requests, best_concurrency, duration_s=seconds, warmup_s=1.0)
+            # Items over warm-up + measurement, estimated from the steady rate.
+            items = r.items_per_s * (seconds + 1.0)
+            grpc_cpu.append((_cpu_s(server.proc.pid) - cpu_before[0]) * 1000.0 / items)
+            client_cpu.append((_cpu_s() - cpu_before[1]) * 1000.0 / items)
             grpc_rounds.append(r.items_per_s)
             peak_rss = max(peak_rss, server.peak_rss_mb)
-        inproc_rounds.append(in_process_items_per_s(bundle, requests, seconds))
+        rate, cpu_ms = in_process_items_per_s(bundle, requests, seconds)
+        inproc_rounds.append(rate)
+        inproc_cpu.append(cpu_ms)
     with server_process(bundle) as server:
         latency = single_caller_latency(server.address, texts[:500])
         starts.append(server.start_to_serving_s)
@@ -197,6 +225,11 @@ def run_serving_benchmark(bundle: Path, rounds: int = 2, seconds: float = 5.0) -
         "in_process_items_per_s": statistics.median(inproc_rounds),
         "in_process_items_per_s_max": max(inproc_rounds),
         "efficiency": statistics.median(ratios),
+        # Robust to other tenants: CPU per item, in-process vs server (the client's CPU reported apart).
+        "server_cpu_ms_per_item": round(statistics.median(grpc_cpu), 4),
+        "client_cpu_ms_per_item": round(statistics.median(client_cpu), 4),
+        "in_process_cpu_ms_per_item": round(statistics.median(inproc_cpu), 4),
+        "cpu_efficiency": round(statistics.median(inproc_cpu) / statistics.median(grpc_cpu), 3),
         "single_p50_ms": latency.p50_ms,
         "single_p99_ms": latency.p99_ms,
         "rss_mb": round(peak_rss, 1),
@@ -230,6 +263,12 @@ def markdown(report: dict[str, Any]) -> str:
         ok = s[key] <= target if key in lower_is_better else s[key] >= target
         sign = "<=" if key in lower_is_better else ">="
         lines.append(f"| {key} | {s[key]:.3f} | {sign} {target:g} | {'ok' if ok else 'MISS'} |")
-    lines.append(f"| in_process_items_per_s | {s['in_process_items_per_s']:.1f} | | |")
+    for key in (
+        "in_process_items_per_s",
+        "server_cpu_ms_per_item",
+        "in_process_cpu_ms_per_item",
+        "cpu_efficiency",
+    ):
+        lines.append(f"| {key} | {s[key]:.4g} | | |")
     lines.append(f"\nbest config: {report['best_config']}; load average at end {report['load_avg_at_end']}")
     return "\n".join(lines)
