@@ -17,7 +17,7 @@ from torch import nn
 
 from embedder.bundle import Bundle, save_bundle
 from training.config import load_job_config
-from training.model import CNNEncoder, ModelConfig, architecture_summary, count_parameters
+from training.model import CNNEncoder, ModelConfig, architecture_summary, count_parameters, macs_per_token
 from training.teacher import teacher_tokenizer_path
 
 OPSET = 17
@@ -131,7 +131,7 @@ def write_bundle(
         pad_token_id=cfg.pad_token_id,
         parameters=count_parameters(model),
         architecture=architecture_summary(cfg),
-        source=source,
+        source={**source, "macs_per_token": macs_per_token(cfg)},
         metrics=metrics,
     )
 

@@ -80,21 +80,34 @@ class CNNEncoder(nn.Module):
         pooled = cfg.channels + (cfg.embed_dim if cfg.static_skip else 0)
         self.proj = nn.Linear(pooled, cfg.out_dim)
 
-    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-position pooled-space features [B, T, C(+E)], zero at padding."""
+    def _trunk(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conv features [B, C, 1, T], embeddings [B, E, 1, T]), both zero at padding.
+
+        The PAD row of the embedding is zero (padding_idx), so padded positions need no mask here.
+        """
         mask = attention_mask.to(torch.float32)[:, None, None, :]  # [B, 1, 1, T]
-        e = self.embed(input_ids).transpose(1, 2).unsqueeze(2) * mask  # [B, E, 1, T]
-        x = self.stem(e) * mask if not isinstance(self.stem, nn.Identity) else e
+        e = self.embed(input_ids).transpose(1, 2).unsqueeze(2)  # [B, E, 1, T]
+        x = e if isinstance(self.stem, nn.Identity) else self.stem(e) * mask
         for block in self.blocks:
             x = block(x, mask)
+        return x, e
+
+    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-position pooled-space features [B, T, C(+E)], zero at padding."""
+        x, e = self._trunk(input_ids, attention_mask)
         feats = torch.cat([x, e], dim=1) if self.cfg.static_skip else x
         return feats.squeeze(2).transpose(1, 2)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        feats = self.token_features(input_ids, attention_mask)  # [B, T, P]
-        count = attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(feats.dtype)
-        pooled = feats.sum(dim=1) / count
-        out: torch.Tensor = self.proj(pooled)
+        x, e = self._trunk(input_ids, attention_mask)
+        count = attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
+        # Pool each part first, then concatenate the small [B, C+E] (cheaper than a [B, C+E, 1, T] concat).
+        pooled = x.sum(dim=(2, 3))
+        if self.cfg.static_skip:
+            pooled = torch.cat([pooled, e.sum(dim=(2, 3))], dim=1)
+        out: torch.Tensor = self.proj(pooled / count)
         return out
 
 

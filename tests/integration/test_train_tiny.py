@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = "training/configs/tiny.toml"
 
 
-def _job(*args: str, cwd: Path = REPO, torchrun: bool = False, timeout: float = 150) -> str:
+def _job(*args: str, cwd: Path = REPO, torchrun: bool = False, timeout: float = 400) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
     head = (
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
