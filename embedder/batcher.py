@@ -4,12 +4,14 @@ A batch is flushed when a worker is free and any of these holds: `max_batch_item
 the queued texts would fill `max_batch_tokens` padded tokens (longest x count), the oldest text has
 waited `max_wait_ms`, or no more texts are on their way. Callers announce texts that are on their way
 (being tokenized) with `expect_arrival()`; waiting for batch-mates only pays while some are coming, so a
-lone caller on an idle server is not charged `max_wait_ms`.
+lone caller on an idle server is not charged `max_wait_ms`. An announced request reserves its queue
+slots up front, so an overloaded server refuses it at once, before spending CPU on tokenizing it.
 
 A batch starts from the oldest queued text (so nothing starves) and is filled with the texts closest to
 it in length, to cut padding. The queue is bounded: a request that does not fit is rejected at once with
 `OverloadedError`. If inference raises, every caller in that batch gets an `InferenceError`; nobody is
-left waiting.
+left waiting. Texts whose caller is gone (cancelled, deadline passed) are dropped before inference and
+reported to the observer with a reason.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from embedder.errors import (
     DeadlineExceededError,
     EmbedderError,
     InferenceError,
+    InferenceTimeoutError,
     OverloadedError,
     ShuttingDownError,
 )
@@ -47,6 +50,17 @@ class BatchObserver(Protocol):
     def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None: ...
 
     def set_queued_items(self, items: int) -> None: ...
+
+    def observe_dropped(self, items: int, reason: str) -> None: ...
+
+    def observe_failed_batch(self, items: int, reason: str) -> None: ...
+
+
+# Why queued texts were dropped before inference (label values of the dropped-items metric).
+DROP_DEADLINE = "deadline"
+DROP_CANCELLED = "cancelled"
+DROP_FAILED = "failed"  # another part of the same request failed, or the batcher broke
+DROP_SHUTDOWN = "shutdown"
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,9 @@ class DynamicBatcher:
         self._queued = 0
         self._busy = 0
         self._arriving = 0
+        self._reserved = 0
+        self._broken = False
+        self._closing = False
         self._batch_ids = itertools.count()
         self._accepting = True
         self._wake: asyncio.Event | None = None
@@ -123,40 +140,62 @@ class DynamicBatcher:
         """Start the dispatcher task on the running loop."""
         self._wake = asyncio.Event()
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name="embedder-batcher")
+        self._dispatcher.add_done_callback(self._dispatcher_ended)
 
-    def expect_arrival(self) -> None:
-        """A request is on its way (e.g. being tokenized): worth waiting up to `max_wait_ms` for."""
+    def expect_arrival(self, items: int = 0) -> None:
+        """A request is on its way (e.g. being tokenized): worth waiting up to `max_wait_ms` for.
+
+        Its `items` queue slots are reserved now (pass the same number to `submit(reserved=)`), so a
+        request that cannot fit is refused here with `OverloadedError`, before any work is done on it.
+        """
+        self._check_room(items)
         self._arriving += 1
+        self._reserved += items
 
-    def arrival_cancelled(self) -> None:
+    def arrival_cancelled(self, items: int = 0) -> None:
         """An announced request will not come (tokenization failed or was cancelled)."""
         self._arriving -= 1
+        self._reserved -= items
         if self._wake is not None:
             self._wake.set()
 
+    def _check_room(self, n: int) -> None:
+        if self._broken:
+            raise InferenceError("batcher stopped unexpectedly; see the server log")
+        if not self._accepting or self._wake is None:
+            raise ShuttingDownError("server is shutting down; retry on another replica")
+        if self._queued + self._reserved + n > self.limits.max_queued_items:
+            raise OverloadedError(
+                f"queue full: {self._queued + self._reserved} texts queued, {n} more would exceed "
+                f"max_queued_items={self.limits.max_queued_items}; retry with backoff"
+            )
+
     async def submit(
-        self, rows: Sequence[list[int]], deadline: float | None = None, announced: bool = False
+        self,
+        rows: Sequence[list[int]],
+        deadline: float | None = None,
+        announced: bool = False,
+        reserved: int = 0,
     ) -> BatchResult:
         """Queue one request's token rows; return its embeddings in input order.
 
         `deadline` is on this batcher's clock (`time.monotonic` by default). `announced=True` when this
-        request was announced with `expect_arrival()`.
+        request was announced with `expect_arrival()`; `reserved` is the slot count reserved there.
         """
         if announced:
             self._arriving -= 1
-        if not self._accepting or self._wake is None:
-            raise ShuttingDownError("server is shutting down")
+        self._reserved -= reserved
         n = len(rows)
-        if self._queued + n > self.limits.max_queued_items:
-            raise OverloadedError(
-                f"queue full: {self._queued} texts queued, {n} more would exceed "
-                f"max_queued_items={self.limits.max_queued_items}; retry with backoff"
-            )
+        self._check_room(n)
+        assert self._wake is not None  # _check_room refuses a batcher that was never started
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         request = _Request(future, n, self._dim, deadline)
         if n == 0:
             return BatchResult(request.rows, 0.0, 0.0)
         now = self._clock()
+        if deadline is not None and now > deadline:
+            self._dropped(n, DROP_DEADLINE)
+            raise DeadlineExceededError("deadline passed before the request reached the batch queue")
         for i, ids in enumerate(rows):
             item = _Item(request, i, ids, now)
             self._fifo.append(item)
@@ -172,15 +211,19 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Stop the dispatcher, wait for running batches, fail whatever is still queued."""
         self._accepting = False
+        self._closing = True
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
         await asyncio.gather(*self._running, return_exceptions=True)
-        for item in self._fifo:
-            if not item.taken and not item.request.future.done():
+        left = [item for item in self._fifo if not item.taken]
+        for item in left:
+            if not item.request.future.done():
                 item.request.future.set_exception(
                     ShuttingDownError("server shut down before this request ran")
                 )
+        if left:
+            self._dropped(len(left), DROP_SHUTDOWN)
         self._fifo.clear()
         self._by_length.clear()
         self._set_queued(0)
@@ -196,11 +239,25 @@ class DynamicBatcher:
                 await self._flush_ready()
             except Exception as exc:  # a bug here must not leave callers waiting forever
                 log.exception("batcher dispatch failed; failing queued requests")
-                self._fail(list(self._fifo), exc)
-                for item in list(self._fifo):
-                    if not item.taken:
-                        self._remove(item)
-                self._fifo.clear()
+                self._fail_queued(exc)
+
+    def _fail_queued(self, exc: Exception) -> None:
+        left = [item for item in self._fifo if not item.taken]
+        self._fail(left, exc, count_batch=False)
+        self._fifo.clear()
+        self._by_length.clear()
+        self._set_queued(0)
+        if left:
+            self._dropped(len(left), DROP_FAILED)
+
+    def _dispatcher_ended(self, task: asyncio.Task[None]) -> None:
+        """Watchdog: if the dispatcher dies outside `close()`, fail what is queued and refuse new work."""
+        if self._closing:
+            return
+        self._broken = True
+        exc = None if task.cancelled() else task.exception()
+        log.critical("batcher dispatcher ended unexpectedly; refusing new work", exc_info=exc)
+        self._fail_queued(InferenceError("batcher stopped unexpectedly"))
 
     async def _flush_ready(self) -> None:
         while self._busy < self.limits.max_concurrent_batches:
@@ -237,12 +294,15 @@ class DynamicBatcher:
 
     def _drop_if_dead(self, item: _Item, now: float) -> bool:
         request = item.request
-        if not request.future.done() and request.deadline is not None and now > request.deadline:
+        late = request.deadline is not None and now > request.deadline
+        if not request.future.done() and late:
             request.future.set_exception(
                 DeadlineExceededError("deadline passed while the request was queued")
             )
         if request.future.done():
             self._remove(item)
+            cancelled = request.future.cancelled()
+            self._dropped(1, DROP_DEADLINE if late else DROP_CANCELLED if cancelled else DROP_FAILED)
             return True
         return False
 
@@ -298,14 +358,20 @@ class DynamicBatcher:
                 self._fail(batch, exc)
                 return
             finished = self._clock()
-            self._deliver(batch, out, batch_id, started, finished)
+            try:
+                self._deliver(batch, out, batch_id, started, finished)
+            except Exception as exc:  # e.g. a failing observer: callers must still get an answer
+                self._fail(batch, exc)
         finally:
             self._busy -= 1
             if self._wake is not None:
                 self._wake.set()
 
-    def _fail(self, batch: list[_Item], exc: Exception) -> None:
+    def _fail(self, batch: list[_Item], exc: Exception, count_batch: bool = True) -> None:
         log.error("inference failed on a batch of %d texts", len(batch), exc_info=exc)
+        if self._observer is not None and count_batch:
+            reason = "timeout" if isinstance(exc, InferenceTimeoutError) else "error"
+            self._observer.observe_failed_batch(len(batch), reason)
         error = (
             exc
             if isinstance(exc, EmbedderError)
@@ -336,6 +402,10 @@ class DynamicBatcher:
             longest = max(len(item.ids) for item in batch)
             real = sum(len(item.ids) for item in batch)
             self._observer.observe_batch(len(batch), longest * len(batch), real, inference_s)
+
+    def _dropped(self, items: int, reason: str) -> None:
+        if self._observer is not None:
+            self._observer.observe_dropped(items, reason)
 
     def _set_queued(self, value: int) -> None:
         self._queued = value

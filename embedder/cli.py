@@ -3,6 +3,8 @@
     streamrec-embedder serve [--bundle DIR] [--port 50051] [--metrics-port 9000] [--max-wait-ms 2] ...
     streamrec-embedder embed "some text" "another"      # or texts on stdin, one per line; JSON lines out
     streamrec-embedder info [--bundle DIR]              # manifest + server limits as JSON
+    streamrec-embedder embed-file catalogue.jsonl --out embeddings.npy   # bulk, progress + resume
+    streamrec-embedder health [--address 127.0.0.1:50051]  # exit 0 iff grpc.health.v1 says SERVING
 
 Every config field is a flag (`--max-batch-items`), an env var (`STREAMREC_EMBEDDER_MAX_BATCH_ITEMS`)
 and a default, in that order of precedence. A bad bundle prints a one-line reason and exits 1.
@@ -17,8 +19,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from embedder import bulk
 from embedder.bundle import load_bundle
 from embedder.config import ServerConfig, load_config
 from embedder.engine import EmbeddingEngine, EmbedOptions
@@ -54,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(embed)
     info = sub.add_parser("info", help="print the bundle's manifest and the server limits as JSON")
     _add_config_flags(info)
+    embed_file = sub.add_parser(
+        "embed-file", help="embed a JSONL catalogue into .npy/.parquet (progress bar, resumable shards)"
+    )
+    bulk.add_arguments(embed_file)
+    _add_config_flags(embed_file)
+    probe = sub.add_parser("health", help="ask a server's grpc.health.v1 status; exit 0 iff SERVING")
+    probe.add_argument("--address", default=f"127.0.0.1:{ServerConfig.port}", help="host:port")
+    probe.add_argument("--service", default="", help="service name ('' = the whole server)")
+    probe.add_argument("--timeout-s", type=float, default=3.0, help="give up after this long")
+    probe.add_argument("--tls-ca-file", default="", help="PEM roots: talk TLS to a TLS server")
+    probe.add_argument("--tls-server-name", default="", help="name the server's certificate carries")
+    probe.add_argument("--tls-cert-file", default="", help="client certificate (servers that want mTLS)")
+    probe.add_argument("--tls-key-file", default="", help="client key (servers that want mTLS)")
     return parser
 
 
@@ -108,14 +128,42 @@ def _cmd_info(config: ServerConfig) -> int:
     return 0
 
 
+def _health_channel(args: argparse.Namespace) -> grpc.Channel:
+    if not args.tls_ca_file:
+        return grpc.insecure_channel(args.address)
+    key, cert = (Path(p).read_bytes() if p else None for p in (args.tls_key_file, args.tls_cert_file))
+    credentials = grpc.ssl_channel_credentials(Path(args.tls_ca_file).read_bytes(), key, cert)
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    return grpc.secure_channel(args.address, credentials, options=options)
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    """The container HEALTHCHECK: one Check call, the status on stdout, exit 1 unless SERVING."""
+    with _health_channel(args) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s
+            )
+        except grpc.RpcError as exc:
+            print(f"{args.address}: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "health":
+            return _cmd_health(args)
         config = _config(args)
         if args.command == "serve":
             return _cmd_serve(config)
         if args.command == "embed":
             return _cmd_embed(config, args)
+        if args.command == "embed-file":
+            return bulk.run_cli(config, args)
         return _cmd_info(config)
     except EmbedderError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from embedder.errors import ConfigError
@@ -45,7 +45,19 @@ class ServerConfig:
     max_stream_inflight: int = 64
     grace_period_s: float = 10.0
     max_receive_message_bytes: int = 16 * 1024 * 1024
+    # Concurrent RPCs (streams count one each) beyond which gRPC answers RESOURCE_EXHAUSTED; 0 = no cap.
+    max_concurrent_rpcs: int = 1024
+    # Watchdog: a batch running longer than this fails its callers (INTERNAL) and its worker is replaced.
+    inference_timeout_s: float = 30.0
     log_level: str = "INFO"
+    # TLS: PEM files; cert + key turn TLS on, a client CA additionally requires client certs (mTLS).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # API keys (`authorization: Bearer <key>`): a file with one key per line, and/or a comma-separated
+    # list (use the env var, not the flag, which shows in `ps`). None given = no key needed.
+    api_keys_file: str = ""
+    api_keys: str = field(default="", repr=False)
 
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
@@ -68,13 +80,19 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
-        for name in ("workers", "tokenizer_threads", "max_wait_ms", "grace_period_s"):
+        for name in ("workers", "tokenizer_threads", "max_wait_ms", "grace_period_s", "max_concurrent_rpcs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ConfigError(
                 f"port and metrics_port must be valid ports (got {self.port}, {self.metrics_port})"
             )
+        if self.inference_timeout_s <= 0:
+            raise ConfigError(f"inference_timeout_s must be > 0 (got {self.inference_timeout_s})")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file and tls_key_file must be given together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
         if self.max_texts_per_request > self.max_queued_items:
             raise ConfigError(
                 f"max_texts_per_request ({self.max_texts_per_request}) must be <= max_queued_items "

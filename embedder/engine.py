@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,7 +20,7 @@ from embedder.bundle import Bundle, Manifest
 from embedder.config import ServerConfig
 from embedder.encoding import ENCODINGS, postprocess
 from embedder.errors import ConfigError, InvalidInputError
-from embedder.session import SessionPool
+from embedder.session import SessionFactory, SessionPool
 from embedder.tokenizer import TextTokenizer
 from embedder.v1 import embedder_pb2 as pb
 
@@ -47,7 +47,17 @@ class EmbedResult:
 class EmbeddingEngine:
     """Owns the tokenizer, the inference workers and the batcher of one served bundle."""
 
-    def __init__(self, bundle: Bundle, config: ServerConfig, observer: BatchObserver | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        config: ServerConfig,
+        observer: BatchObserver | None = None,
+        *,
+        session_factory: SessionFactory | None = None,
+        on_unhealthy: Callable[[], None] | None = None,
+    ) -> None:
+        """`session_factory` is the test seam for fault injection; `on_unhealthy` is called (from any
+        thread) when inference can no longer be trusted, e.g. workers keep getting stuck."""
         manifest = bundle.manifest
         if config.max_batch_tokens < manifest.max_tokens:
             raise ConfigError(
@@ -61,7 +71,14 @@ class EmbeddingEngine:
         )
         self.workers = config.resolved_workers()
         self.sessions = SessionPool(
-            bundle.model_path, manifest.dim, manifest.pad_token_id, self.workers, config.intra_op_threads
+            bundle.model_path,
+            manifest.dim,
+            manifest.pad_token_id,
+            self.workers,
+            config.intra_op_threads,
+            inference_timeout_s=config.inference_timeout_s,
+            session_factory=session_factory,
+            on_exhausted=on_unhealthy,
         )
         self.sessions.warm_up()
         self._tokenize_pool = ThreadPoolExecutor(
@@ -97,6 +114,10 @@ class EmbeddingEngine:
                 f"texts: {len(texts)} texts exceed max_texts_per_request={cfg.max_texts_per_request}"
             )
         for i, text in enumerate(texts):
+            if not text:
+                raise InvalidInputError(
+                    f"texts[{i}]: empty; each text needs 1..{cfg.max_text_chars} characters"
+                )
             if len(text) > cfg.max_text_chars:
                 raise InvalidInputError(
                     f"texts[{i}]: {len(text)} characters exceed max_text_chars={cfg.max_text_chars}"
@@ -107,25 +128,32 @@ class EmbeddingEngine:
                 f"use 0 (full) or one of {self.allowed_dimensions()}"
             )
         if options.encoding not in ENCODINGS:
-            raise InvalidInputError(f"encoding: unknown value {options.encoding}")
+            raise InvalidInputError(
+                f"encoding: unknown value {options.encoding}; use one of {[int(e) for e in ENCODINGS]}"
+            )
 
     async def embed(
         self, texts: Sequence[str], options: EmbedOptions, deadline: float | None = None
     ) -> EmbedResult:
-        """Embed one request through the batcher. `deadline` is on `time.monotonic`'s clock."""
+        """Embed one request through the batcher. `deadline` is on `time.monotonic`'s clock.
+
+        Validation, then admission (queue slots reserved; OverloadedError at once if full), both
+        before any CPU is spent on tokenizing.
+        """
         self.validate(texts, options)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        self.batcher.expect_arrival()
+        n = len(texts)
+        self.batcher.expect_arrival(n)
         try:
             encoded = await loop.run_in_executor(
                 self._tokenize_pool, self.tokenizer.encode, texts, options.truncate
             )
         except BaseException:
-            self.batcher.arrival_cancelled()
+            self.batcher.arrival_cancelled(n)
             raise
         tokenize_s = time.monotonic() - started
-        result = await self.batcher.submit(encoded.ids, deadline, announced=True)
+        result = await self.batcher.submit(encoded.ids, deadline, announced=True, reserved=n)
         embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
         return EmbedResult(embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s)
 

@@ -23,12 +23,20 @@ class DeadlineExceededError(EmbedderError):
     """The caller's deadline passed before its work reached inference (DEADLINE_EXCEEDED)."""
 
 
+class UnauthenticatedError(EmbedderError):
+    """The call lacks a valid API key (UNAUTHENTICATED)."""
+
+
 class ShuttingDownError(EmbedderError):
     """The server is draining and accepts no new work (UNAVAILABLE)."""
 
 
 class InferenceError(EmbedderError):
     """The model failed on a batch; affected calls get INTERNAL with a request id."""
+
+
+class InferenceTimeoutError(InferenceError):
+    """A batch ran past `inference_timeout_s` (stuck worker); affected calls get INTERNAL."""
 
 
 class ConfigError(EmbedderError):

@@ -1,4 +1,5 @@
-"""Prometheus metrics: exactly the names in DESIGN.md ("Metrics"), on their own registry and HTTP port.
+"""Prometheus metrics: the names in DESIGN.md ("Metrics") plus the hardening ones in docs/operations.md,
+on their own registry and HTTP port.
 
 Each server owns a `Metrics` with its own `CollectorRegistry`, so several servers can live in one
 process (tests) without clashing on the global registry.
@@ -36,6 +37,9 @@ METRIC_NAMES = tuple(
         "padding_ratio",
         "queue_items",
         "model_info",
+        # Beyond DESIGN.md (docs/operations.md): work dropped before inference, failed batches.
+        "dropped_items_total",
+        "failed_batches_total",
     )
 )
 
@@ -91,6 +95,18 @@ class Metrics:
         self.model_info = Gauge(
             p + "model_info", "Served model (value 1)", ["name", "version", "dim"], registry=r
         )
+        self.dropped_items = Counter(
+            p + "dropped_items",
+            "Texts dropped before inference (reason: deadline, cancelled, failed, shutdown)",
+            ["reason"],
+            registry=r,
+        )
+        self.failed_batches = Counter(
+            p + "failed_batches",
+            "Batches whose inference failed (reason: error, timeout)",
+            ["reason"],
+            registry=r,
+        )
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -115,6 +131,21 @@ class Metrics:
 
     def set_queued_items(self, items: int) -> None:
         self.queue_items.set(items)
+
+    def observe_dropped(self, items: int, reason: str) -> None:
+        self.dropped_items.labels(reason=reason).inc(items)
+
+    def observe_failed_batch(self, items: int, reason: str) -> None:
+        self.failed_batches.labels(reason=reason).inc()
+
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """requests_total as {(method, code): count} (the drain summary logs it at exit)."""
+        counts: dict[tuple[str, str], int] = {}
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[(sample.labels["method"], sample.labels["code"])] = int(sample.value)
+        return counts
 
     def start_http(self, host: str, port: int) -> int:
         """Serve /metrics on (host, port); port 0 picks a free one. Returns the bound port."""

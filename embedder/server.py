@@ -3,7 +3,7 @@
 `create_server(config, bundle)` binds (port 0 picks a free port), starts serving and returns a
 `RunningServer` carrying the bound ports, so tests never guess ports. `serve(config)` adds SIGTERM/SIGINT
 handling: health goes NOT_SERVING, new calls get UNAVAILABLE, accepted calls get `grace_period_s` to
-finish, then the process exits 0.
+finish, then the process exits 0. Optional TLS/mTLS and API keys come from `auth.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,18 +20,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from embedder.auth import ApiKeyInterceptor, load_api_keys, server_credentials
 from embedder.bundle import Bundle, load_bundle
 from embedder.config import ServerConfig
 from embedder.engine import EmbeddingEngine
 from embedder.errors import ConfigError
 from embedder.metrics import Metrics
-from embedder.service import EmbedderService
-from embedder.v1 import embedder_pb2 as pb
-from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from embedder.service import SERVICE_NAME, EmbedderService, add_to_server
+from embedder.session import SessionFactory
+
+__all__ = ["SERVICE_NAME", "RunningServer", "create_server", "serve"]
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 
 
 @dataclass
@@ -57,7 +58,8 @@ class RunningServer:
         await self.server.stop(grace_s)
         await self.engine.close()
         self.metrics.stop_http()
-        log.info("stopped")
+        counts = ", ".join(f"{m} {c}={n}" for (m, c), n in sorted(self.metrics.request_counts().items()))
+        log.info("stopped; requests served: %s", counts or "none")
 
 
 def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -69,25 +71,72 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-async def create_server(config: ServerConfig, bundle: Bundle | None = None) -> RunningServer:
-    """Load the model, bind, start; health goes SERVING once the model has answered a warm-up batch."""
+def _not_serving_callback(health_servicer: Any) -> Callable[[], None]:
+    """Thread-safe: flips health to NOT_SERVING (inference can no longer be trusted; restart me)."""
+    loop = asyncio.get_running_loop()
+
+    async def flip() -> None:
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def callback() -> None:
+        asyncio.run_coroutine_threadsafe(flip(), loop)
+
+    return callback
+
+
+def _grpc_server(config: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
+    keys = load_api_keys(config)
+    interceptors = [ApiKeyInterceptor(keys, metrics)] if keys else []
+    return grpc.aio.server(
+        options=_grpc_options(config),
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
+    )
+
+
+def _bind(server: grpc.aio.Server, config: ServerConfig, credentials: grpc.ServerCredentials | None) -> int:
+    address = f"{config.host}:{config.port}"
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot bind {address}: {exc}") from None
+
+
+async def create_server(
+    config: ServerConfig, bundle: Bundle | None = None, session_factory: SessionFactory | None = None
+) -> RunningServer:
+    """Load the model, bind, start; health goes SERVING once the model has answered a warm-up batch.
+
+    `session_factory` replaces the ONNX sessions (the tests' fault-injection seam).
+    """
     bundle = bundle or load_bundle(config.bundle)
     metrics = Metrics()
     m = bundle.manifest
     metrics.set_model(m.name, m.version, m.dim)
-    engine = EmbeddingEngine(bundle, config, observer=metrics)
-    engine.start()
-    server = grpc.aio.server(options=_grpc_options(config))
-    service = EmbedderService(engine, metrics)
-    pb_grpc.add_EmbedderServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    # Keys and TLS files are read before the model loads: a bad one fails start-up at once.
+    server = _grpc_server(config, metrics)
+    credentials = server_credentials(config)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    engine = EmbeddingEngine(
+        bundle,
+        config,
+        observer=metrics,
+        session_factory=session_factory,
+        on_unhealthy=_not_serving_callback(health_servicer),
+    )
+    engine.start()
+    service = EmbedderService(engine, metrics)
+    add_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
-    except RuntimeError as exc:
+        port = _bind(server, config, credentials)
+    except ConfigError:
         await engine.close()
-        raise ConfigError(f"cannot bind {config.host}:{config.port}: {exc}") from None
+        raise
     await server.start()
     metrics_port = (
         metrics.start_http(config.metrics_host, config.metrics_port) if config.metrics_port >= 0 else None

@@ -14,14 +14,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from embedder.encoding import ENCODINGS, pack
 from embedder.engine import EmbeddingEngine, EmbedOptions, EmbedResult
 from embedder.errors import (
     DeadlineExceededError,
+    EmbedderError,
     InvalidInputError,
     OverloadedError,
     ShuttingDownError,
+    UnauthenticatedError,
 )
 from embedder.metrics import Metrics
 from embedder.v1 import embedder_pb2 as pb
@@ -34,7 +37,12 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
 )
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
+# Caller-chosen ids are echoed and logged: keep them short and printable (no log injection).
+MAX_REQUEST_ID_CHARS = 128
 
 
 def status_for(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
@@ -44,6 +52,67 @@ def status_for(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
             return code, str(exc)
     log.error("internal error, request_id=%s", request_id, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+
+
+def _lenient(kind: type[Message]) -> Any:
+    """A deserializer that returns None for undecodable bytes (e.g. invalid UTF-8 in a string field):
+    the handler then answers INVALID_ARGUMENT, where gRPC itself would give an opaque UNKNOWN."""
+
+    def parse(data: bytes) -> Message | None:
+        try:
+            return kind.FromString(data)
+        except DecodeError:
+            return None
+
+    return parse
+
+
+def add_to_server(service: EmbedderService, server: grpc.aio.Server) -> None:
+    """Register the Embedder service with the lenient request parsers (instead of the generated ones)."""
+    embed_request = _lenient(pb.EmbedRequest)
+    handlers = {
+        "Embed": grpc.unary_unary_rpc_method_handler(
+            service.Embed,
+            request_deserializer=embed_request,
+            response_serializer=pb.EmbedResponse.SerializeToString,
+        ),
+        "EmbedStream": grpc.stream_stream_rpc_method_handler(
+            service.EmbedStream,
+            request_deserializer=embed_request,
+            response_serializer=pb.EmbedResponse.SerializeToString,
+        ),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            service.GetModelInfo,
+            request_deserializer=_lenient(pb.GetModelInfoRequest),
+            response_serializer=pb.ModelInfo.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+
+
+def request_id_of(request: pb.EmbedRequest | None) -> str:
+    """The caller's request id if it is usable (short, printable), else a generated one."""
+    rid = request.request_id if request is not None else ""
+    if 0 < len(rid) <= MAX_REQUEST_ID_CHARS and rid.isprintable():
+        return rid
+    return uuid.uuid4().hex[:16]
+
+
+def check_request(request: pb.EmbedRequest | None) -> pb.EmbedRequest:
+    """Raise `InvalidInputError` for what the engine cannot see: undecodable bytes, a bad request_id."""
+    if request is None:
+        raise InvalidInputError(
+            "request: not a valid EmbedRequest (e.g. a text that is not valid UTF-8); "
+            "texts must be UTF-8 strings"
+        )
+    rid = request.request_id
+    if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
+        raise InvalidInputError(
+            f"request_id: must be at most {MAX_REQUEST_ID_CHARS} printable characters "
+            f"(got {len(rid)} characters)"
+        )
+    return request
 
 
 def options_from(request: pb.EmbedRequest) -> EmbedOptions:
@@ -81,10 +150,12 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             task.cancel()
 
     async def Embed(  # noqa: N802 (gRPC method name)
-        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse]
+        self,
+        request: pb.EmbedRequest | None,
+        context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
         started = time.monotonic()
-        request_id = request.request_id or uuid.uuid4().hex[:16]
+        request_id = request_id_of(request)
         try:
             response = await self._embed(request, request_id, started, _deadline(context))
         except asyncio.CancelledError:
@@ -99,7 +170,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
 
     async def EmbedStream(  # noqa: N802 (gRPC method name)
         self,
-        request_iterator: AsyncIterator[pb.EmbedRequest],
+        request_iterator: AsyncIterator[pb.EmbedRequest | None],
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> AsyncIterator[pb.EmbedResponse]:
         """Messages run concurrently (so they batch together); responses come back in request order."""
@@ -121,36 +192,44 @@ class EmbedderService(pb_grpc.EmbedderServicer):
                 if (task := inflight.get_nowait()) is not None:
                     task.cancel()
         if self._draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; reconnect elsewhere")
+            code, message = status_for(ShuttingDownError("server is shutting down; reconnect elsewhere"), "")
+            await context.abort(code, message)
         if not reader.cancelled() and (exc := reader.exception()) is not None:
             raise exc
 
     async def GetModelInfo(  # noqa: N802 (gRPC method name)
         self,
-        request: pb.GetModelInfoRequest,
+        request: pb.GetModelInfoRequest | None,
         context: grpc.aio.ServicerContext[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
         started = time.monotonic()
-        if self._draining:
-            self._metrics.observe_request("GetModelInfo", "UNAVAILABLE", time.monotonic() - started)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        error: EmbedderError | None = None
+        if request is None:
+            error = InvalidInputError("request: not a valid GetModelInfoRequest")
+        elif self._draining:
+            error = ShuttingDownError("server is shutting down")
+        if error is not None:
+            code, message = status_for(error, request_id_of(None))
+            self._metrics.observe_request("GetModelInfo", code.name, time.monotonic() - started)
+            await context.abort(code, message)
         self._metrics.observe_request("GetModelInfo", "OK", time.monotonic() - started)
         return self._model_info
 
     # -- internals ------------------------------------------------------------------------------------
 
     async def _embed(
-        self, request: pb.EmbedRequest, request_id: str, started: float, deadline: float | None
+        self, raw: pb.EmbedRequest | None, request_id: str, started: float, deadline: float | None
     ) -> pb.EmbedResponse:
         if self._draining:
             raise ShuttingDownError("server is shutting down; retry on another replica")
+        request = check_request(raw)
         options = options_from(request)
         result = await self._engine.embed(request.texts, options, deadline)
         return self._response(request_id, options, result, started)
 
     async def _read_stream(
         self,
-        requests: AsyncIterator[pb.EmbedRequest],
+        requests: AsyncIterator[pb.EmbedRequest | None],
         inflight: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None],
         deadline: float | None,
     ) -> None:
@@ -172,10 +251,12 @@ class EmbedderService(pb_grpc.EmbedderServicer):
                 except asyncio.QueueFull:
                     await asyncio.sleep(0.001)
 
-    async def _stream_message(self, request: pb.EmbedRequest, deadline: float | None) -> pb.EmbedResponse:
+    async def _stream_message(
+        self, request: pb.EmbedRequest | None, deadline: float | None
+    ) -> pb.EmbedResponse:
         """One stream message; failures become the message's `error` field, and the stream goes on."""
         started = time.monotonic()
-        request_id = request.request_id or uuid.uuid4().hex[:16]
+        request_id = request_id_of(request)
         try:
             response = await self._embed(request, request_id, started, deadline)
         except Exception as exc:

@@ -2,21 +2,32 @@
 
 On 2-core VMs one 1-thread session per core beats one session with 2 intra-op threads by 1.5-2.5x
 for small CNNs and is stable where the 2-thread session is not (shared/PERF_NOTES.md).
+
+A watchdog bounds every batch by `inference_timeout_s`: a worker stuck past it is abandoned (its
+callers get an error, its session is replaced by a fresh one), so a stuck or dead worker never leaves
+callers waiting forever. Sessions come from a `SessionFactory`, the seam tests use to inject faults.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from embedder.errors import BundleError, InferenceError
+from embedder.errors import BundleError, InferenceError, InferenceTimeoutError
 from embedder.tokenizer import pad_batch
+from embedder.workers import DaemonThreadPool
+
+log = logging.getLogger(__name__)
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
@@ -24,6 +35,20 @@ OUTPUT = "embeddings"
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+
+
+class InferenceSession(Protocol):
+    """The part of `onnxruntime.InferenceSession` the pool uses (a test wrapper implements it too)."""
+
+    def run(self, output_names: list[str], input_feed: dict[str, Any]) -> list[Any]: ...
+
+
+# (model path, intra-op threads) -> a ready session. `make_session` is the real one.
+SessionFactory = Callable[[Path, int], InferenceSession]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def make_session(model_path: str | Path, intra_op_threads: int) -> ort.InferenceSession:
@@ -39,7 +64,7 @@ def make_session(model_path: str | Path, intra_op_threads: int) -> ort.Inference
     try:
         session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise BundleError(f"cannot load ONNX model {model_path}: {exc}") from None
+        raise BundleError(f"cannot load ONNX model {model_path}: {_one_line(exc)}") from None
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     if not {INPUT_IDS, ATTENTION_MASK} <= inputs or OUTPUT not in outputs:
@@ -50,47 +75,120 @@ def make_session(model_path: str | Path, intra_op_threads: int) -> ort.Inference
     return session
 
 
+@dataclass
+class _Job:
+    """One batch handed to a worker thread; `state` is guarded by the pool's lock."""
+
+    state: str = "waiting"  # waiting -> running -> done, or cancelled (never ran) / abandoned (stuck)
+
+
 class SessionPool:
-    """`workers` sessions behind one thread pool; `run` is thread-safe, `run_async` keeps the loop free."""
+    """`workers` sessions on daemon threads; `run` is thread-safe, `embed_rows_async` keeps the loop free."""
 
     def __init__(
-        self, model_path: str | Path, dim: int, pad_token_id: int, workers: int, intra_op_threads: int = 1
+        self,
+        model_path: str | Path,
+        dim: int,
+        pad_token_id: int,
+        workers: int,
+        intra_op_threads: int = 1,
+        *,
+        inference_timeout_s: float | None = None,
+        session_factory: SessionFactory | None = None,
+        on_exhausted: Callable[[], None] | None = None,
     ) -> None:
         if workers <= 0:
             raise ValueError(f"workers must be > 0 (got {workers})")
         self.dim = dim
         self.pad_token_id = pad_token_id
         self.workers = workers
-        self._free: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
+        self.inference_timeout_s = inference_timeout_s
+        self._model_path = Path(model_path)
+        self._intra_op_threads = intra_op_threads
+        self._factory: SessionFactory = session_factory or make_session
+        self._on_exhausted = on_exhausted
+        # Each abandoned (stuck) worker gets one replacement, up to `workers` in all; then we give up.
+        self.max_replacements = workers
+        self.replaced = 0
+        self._lock = threading.Lock()
+        self._free: queue.SimpleQueue[InferenceSession] = queue.SimpleQueue()
         for _ in range(workers):
-            self._free.put(make_session(model_path, intra_op_threads))
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedder-infer")
+            self._free.put(self._factory(self._model_path, intra_op_threads))
+        # Room for the replacements' threads next to the stuck ones they replace.
+        self._executor = DaemonThreadPool(workers + self.max_replacements, "embedder-infer")
 
-    def run(self, input_ids: IntArray, attention_mask: IntArray) -> FloatArray:
+    def run(self, input_ids: IntArray, attention_mask: IntArray, job: _Job | None = None) -> FloatArray:
         """Embed one padded batch; checks the model returned one `dim`-wide row per input row."""
         session = self._free.get()
+        if job is not None and not self._start(job, session):
+            raise InferenceTimeoutError("batch abandoned before it ran")
         try:
             out = session.run([OUTPUT], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})[0]
         finally:
-            self._free.put(session)
+            self._finish(job, session)
         result = np.asarray(out, dtype=np.float32)
         expected = (input_ids.shape[0], self.dim)
         if result.shape != expected:
             raise InferenceError(f"model returned shape {result.shape} for a batch needing {expected}")
         return result
 
-    async def run_async(self, input_ids: IntArray, attention_mask: IntArray) -> FloatArray:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run, input_ids, attention_mask)
+    def _start(self, job: _Job, session: InferenceSession) -> bool:
+        with self._lock:
+            if job.state == "waiting":
+                job.state = "running"
+                return True
+        self._free.put(session)  # the watchdog gave up on this batch while it waited for a session
+        return False
 
-    def embed_rows(self, rows: list[list[int]]) -> FloatArray:
+    def _finish(self, job: _Job | None, session: InferenceSession) -> None:
+        with self._lock:
+            stuck = job is not None and job.state == "abandoned"
+            if job is not None and not stuck:
+                job.state = "done"
+        if stuck:
+            log.warning("an abandoned inference worker finished late; its session is retired")
+        else:
+            self._free.put(session)
+
+    def embed_rows(self, rows: list[list[int]], job: _Job | None = None) -> FloatArray:
         """Pad unpadded token rows into one batch and embed it (padding runs in the worker thread too)."""
         input_ids, attention_mask = pad_batch(rows, self.pad_token_id)
-        return self.run(input_ids, attention_mask)
+        return self.run(input_ids, attention_mask, job)
 
     async def embed_rows_async(self, rows: list[list[int]]) -> FloatArray:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.embed_rows, rows)
+        """`embed_rows` on a worker thread, bounded by `inference_timeout_s` (InferenceTimeoutError)."""
+        job = _Job()
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self.embed_rows, rows, job)
+        try:
+            return await asyncio.wait_for(future, self.inference_timeout_s)
+        except TimeoutError:
+            self._abandon(job)
+            raise InferenceTimeoutError(
+                f"batch of {len(rows)} texts ran past inference_timeout_s={self.inference_timeout_s}"
+            ) from None
+
+    def _abandon(self, job: _Job) -> None:
+        with self._lock:
+            was = job.state
+            job.state = "cancelled" if was == "waiting" else "abandoned" if was == "running" else was
+        if was != "running":
+            return  # it never got a session (queued behind stuck workers) or just finished: no leak
+        if self.replaced >= self.max_replacements:
+            log.critical("inference workers keep getting stuck (%d replaced); giving up", self.replaced)
+            if self._on_exhausted is not None:
+                self._on_exhausted()
+            return
+        self.replaced += 1
+        log.error("inference worker stuck past %ss; replacing its session", self.inference_timeout_s)
+        threading.Thread(target=self._add_session, name="embedder-replace", daemon=True).start()
+
+    def _add_session(self) -> None:
+        try:
+            self._free.put(self._factory(self._model_path, self._intra_op_threads))
+        except Exception:
+            log.exception("cannot create a replacement inference session")
+            if self._on_exhausted is not None:
+                self._on_exhausted()
 
     def warm_up(self) -> None:
         """Run a tiny batch on every session: catches a wrong `dim` at start, not on the first call."""
@@ -99,7 +197,10 @@ class SessionPool:
         sessions = [self._free.get() for _ in range(self.workers)]
         try:
             for session in sessions:
-                out = np.asarray(session.run([OUTPUT], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0])
+                try:
+                    out = np.asarray(session.run([OUTPUT], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0])
+                except Exception as exc:
+                    raise BundleError(f"model fails on a warm-up batch: {_one_line(exc)}") from None
                 if out.shape != (2, self.dim):
                     raise BundleError(
                         f"model outputs shape {out.shape} for 2 texts; manifest says dim={self.dim}"
@@ -109,4 +210,5 @@ class SessionPool:
                 self._free.put(session)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the worker threads; a stuck one is left behind (daemon) and cannot block exit."""
+        self._executor.shutdown(wait=True, cancel_futures=True, timeout_s=5.0)

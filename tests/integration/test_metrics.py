@@ -73,7 +73,7 @@ def test_metric_names_and_counters_match_the_calls(start_server: Callable[..., S
         stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
 
     families = scrape(srv.metrics_url)
-    assert set(families) == DESIGN_NAMES == set(METRIC_NAMES)
+    assert DESIGN_NAMES <= set(families) == set(METRIC_NAMES)  # extras: docs/operations.md
     requests = "streamrec_embedder_requests_total"
     assert value(families, requests, requests, method="Embed", code="OK") == 5
     assert value(families, requests, requests, method="Embed", code="INVALID_ARGUMENT") == 1

@@ -1,0 +1,169 @@
+"""Overload: beyond the queue bound a call is refused at once (RESOURCE_EXHAUSTED, measured), and a crowd
+of concurrent callers gets only OK or RESOURCE_EXHAUSTED, none hangs, server RSS stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import psutil
+import pytest
+
+from embedder.bundle import Bundle
+from embedder.v1 import embedder_pb2 as pb
+from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from tests.hardening import (
+    Faults,
+    FaultServer,
+    code_of,
+    percentile,
+    sample,
+    server_process,
+    tally,
+    wait_until,
+)
+from tests.support import ServerThread, make_config, sample_texts
+
+REJECT_P99_S = 0.050
+
+
+def test_beyond_the_queue_bound_calls_are_refused_within_50ms(bundle: Bundle) -> None:
+    faults = Faults()
+    srv = FaultServer(bundle, make_config(workers=1, max_queued_items=32, max_texts_per_request=8), faults)
+    faults.open.clear()  # after the warm-up: the only worker now blocks until the test opens the gate
+    try:
+        with grpc.insecure_channel(srv.address) as ch, ThreadPoolExecutor(16) as pool:
+            stub = pb_grpc.EmbedderStub(ch)
+            first = pool.submit(stub.Embed, pb.EmbedRequest(texts=sample_texts(8, seed=1)), timeout=60)
+            assert faults.waiting.acquire(timeout=10)  # taken by the worker, which is now blocked
+            accepted = [
+                pool.submit(stub.Embed, pb.EmbedRequest(texts=sample_texts(8, seed=i)), timeout=60)
+                for i in range(4)
+            ]
+            queued = "streamrec_embedder_queue_items"
+            wait_until(lambda: sample(srv.metrics_url, queued) == 32, what="a full queue")
+
+            def refused_in() -> tuple[str, float]:
+                started = time.perf_counter()
+                try:
+                    stub.Embed(pb.EmbedRequest(texts=["one more"]), timeout=5)
+                    return "OK", time.perf_counter() - started
+                except grpc.RpcError as exc:
+                    return code_of(exc), time.perf_counter() - started
+
+            outcomes = list(pool.map(lambda _: refused_in(), range(400)))
+            faults.open.set()
+            assert [f.result(timeout=30).count for f in [first, *accepted]] == [8] * 5
+    finally:
+        faults.open.set()
+        srv.stop()
+    assert tally([c for c, _ in outcomes]) == {"RESOURCE_EXHAUSTED": 400}
+    latencies = [s for _, s in outcomes]
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    print(
+        f"\nrejection latency (16 concurrent callers, 400 calls): p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms"
+    )
+    assert p99 < REJECT_P99_S, latencies
+
+
+def test_concurrent_rpc_cap_refuses_extra_calls(start_server: Callable[..., ServerThread]) -> None:
+    srv = start_server(max_concurrent_rpcs=3)
+    gate = threading.Event()
+
+    def held_open() -> Iterator[pb.EmbedRequest]:
+        gate.wait(30)
+        yield from ()
+
+    with grpc.insecure_channel(srv.address) as ch:
+        stub = pb_grpc.EmbedderStub(ch)
+        streams = [stub.EmbedStream(held_open(), timeout=30) for _ in range(3)]
+        wait_until(lambda: all(s.is_active() for s in streams), what="open streams")
+        time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Embed(pb.EmbedRequest(texts=["one too many"]), timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        gate.set()
+        for stream in streams:
+            assert list(stream) == []
+        assert stub.Embed(pb.EmbedRequest(texts=["room again"]), timeout=5).count == 1
+
+
+async def _caller(
+    stubs: list[pb_grpc.EmbedderStub], texts: list[str], until: float, out: list[tuple[str, float]]
+) -> None:
+    rng = random.Random(len(out))
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        try:
+            await rng.choice(stubs).Embed(pb.EmbedRequest(texts=rng.sample(texts, 4)), timeout=20)
+            code = "OK"
+        except grpc.RpcError as exc:
+            code = code_of(exc)
+        out.append((code, time.perf_counter() - started))
+        if code != "OK":
+            await asyncio.sleep(rng.uniform(0.0, 0.02))  # a polite client backs off a little
+
+
+async def _crowd(port: int, callers: int, duration_s: float) -> tuple[list[tuple[str, float]], int]:
+    texts = sample_texts(256, seed=7)
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
+    stubs = [pb_grpc.EmbedderStub(ch) for ch in channels]
+    out: list[tuple[str, float]] = []
+    until = time.monotonic() + duration_s
+    tasks = [asyncio.create_task(_caller(stubs, texts, until, out)) for _ in range(callers)]
+    _done, pending = await asyncio.wait(tasks, timeout=duration_s + 30)
+    for task in pending:
+        task.cancel()
+    for ch in channels:
+        await ch.close()
+    return out, len(pending)
+
+
+def _sample_rss(pid: int, stop: threading.Event, rss: list[int]) -> None:
+    proc = psutil.Process(pid)
+    while not stop.wait(0.25):
+        rss.append(proc.memory_info().rss)
+
+
+def run_crowd(bundle: Bundle, callers: int, duration_s: float) -> None:
+    flags = ["--max-queued-items", "256", "--max-texts-per-request", "64", "--grace-period-s", "5"]
+    with server_process(bundle, *flags) as (proc, port, _lines):
+        rss: list[int] = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_rss, args=(proc.pid, stop, rss), daemon=True)
+        sampler.start()
+        started = time.monotonic()
+        outcomes, hung = asyncio.run(_crowd(port, callers, duration_s))
+        elapsed = time.monotonic() - started
+        stop.set()
+        sampler.join()
+        assert proc.poll() is None  # still up
+    codes = tally([c for c, _ in outcomes])
+    rejected = [s for c, s in outcomes if c == "RESOURCE_EXHAUSTED"]
+    ok = [s for c, s in outcomes if c == "OK"]
+    warm = rss[min(len(rss) - 1, 4)]  # after ~1 s of load
+    print(
+        f"\n{callers} callers x {duration_s:.0f}s: {len(outcomes)} calls in {elapsed:.1f}s, {codes}; "
+        f"OK p50 {percentile(ok, 50) * 1e3:.1f} ms p99 {percentile(ok, 99) * 1e3:.1f} ms; "
+        f"rejection p50 {percentile(rejected, 50) * 1e3:.1f} ms p99 {percentile(rejected, 99) * 1e3:.1f} ms; "
+        f"RSS at 1 s {warm / 2**20:.0f} MiB, peak {max(rss) / 2**20:.0f} MiB"
+    )
+    assert hung == 0
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert codes.get("OK", 0) > 0 and codes.get("RESOURCE_EXHAUSTED", 0) > 0, codes
+    assert max(rss) < warm * 1.5, (warm, max(rss))
+
+
+def test_500_callers_short(bundle: Bundle) -> None:
+    run_crowd(bundle, 500, 8.0)
+
+
+@pytest.mark.slow
+def test_500_callers_30s(bundle: Bundle) -> None:
+    run_crowd(bundle, 500, 30.0)
