@@ -169,18 +169,32 @@ def _save(out_dir: Path, tok: Path, name: str, version: str, *, params: int, arc
     )
 
 
+BASELINES = ("minilm-fp32", "minilm-int8", "model2vec")
+
+
+def ensure_baseline(name: str, cache_dir: Path = DEFAULT_CACHE, rebuild: bool = False) -> Path:
+    """Build one baseline bundle unless a valid one is cached (int8 builds fp32 first); return its dir."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    path = cache_dir / name
+    if not rebuild and _valid(path):
+        return path
+    if name == "minilm-fp32":
+        build_minilm(path)
+    elif name == "minilm-int8":
+        build_minilm_int8(load_bundle(ensure_baseline("minilm-fp32", cache_dir)), path)
+    else:
+        build_model2vec(path)
+    return path
+
+
+def is_cached(name: str, cache_dir: Path = DEFAULT_CACHE) -> bool:
+    return _valid(cache_dir / name)
+
+
 def build_all(cache_dir: Path = DEFAULT_CACHE, rebuild: bool = False) -> dict[str, Path]:
     """Build (or reuse, when already valid) every baseline bundle; return name -> bundle dir."""
-    paths = {name: cache_dir / name for name in ("minilm-fp32", "minilm-int8", "model2vec")}
-    builders = {
-        "minilm-fp32": lambda: build_minilm(paths["minilm-fp32"]),
-        "minilm-int8": lambda: build_minilm_int8(load_bundle(paths["minilm-fp32"]), paths["minilm-int8"]),
-        "model2vec": lambda: build_model2vec(paths["model2vec"]),
-    }
-    for name, build in builders.items():
-        if rebuild or not _valid(paths[name]):
-            build()
-    return paths
+    return {name: ensure_baseline(name, cache_dir, rebuild) for name in BASELINES}
 
 
 def _valid(path: Path) -> bool:

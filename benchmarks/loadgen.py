@@ -11,13 +11,14 @@ import csv
 import itertools
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
@@ -59,8 +60,13 @@ class LoadResult:
     requests_per_s: float
     p50_ms: float
     p90_ms: float
+    p95_ms: float
     p99_ms: float
     mean_ms: float
+    # Latency at every percentile 0..100 (101 values): enough for a CDF plot, small enough for JSON.
+    quantiles_ms: list[float] = field(default_factory=list)
+    # CPU ms per item of the process named by `cpu_pid` (the server, or this process), if asked.
+    cpu_ms_per_item: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +76,7 @@ def summarize(
     mode: str, concurrency: int, latencies_s: list[float], *, items: int, errors: int, seconds: float
 ) -> LoadResult:
     lat = np.asarray(latencies_s or [0.0]) * 1000.0
-    p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+    p50, p90, p95, p99 = np.percentile(lat, [50, 90, 95, 99])
     return LoadResult(
         mode=mode,
         concurrency=concurrency,
@@ -82,46 +88,123 @@ def summarize(
         requests_per_s=round(len(latencies_s) / seconds, 1) if seconds else 0.0,
         p50_ms=round(float(p50), 3),
         p90_ms=round(float(p90), 3),
+        p95_ms=round(float(p95), 3),
         p99_ms=round(float(p99), 3),
         mean_ms=round(float(lat.mean()), 3),
+        quantiles_ms=[round(float(q), 3) for q in np.percentile(lat, np.arange(101))],
     )
 
 
+class _Window:
+    """Completions of a closed loop, and when every caller has finished one request (steady state)."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.pending = set(range(concurrency))
+        self.done: list[tuple[float, float, int]] = []  # (finished at, latency, items)
+        self.failed: list[float] = []
+
+    async def steady(self, min_s: float, max_s: float) -> None:
+        """Wait `min_s`, then until every caller completed a request (or `max_s` passed)."""
+        await asyncio.sleep(min_s)
+        deadline = time.perf_counter() + max(0.0, max_s - min_s)
+        while self.pending and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+
+    def result(self, mode: str, concurrency: int, start: float, end: float) -> LoadResult:
+        inside = [(lat, n) for t, lat, n in self.done if start <= t <= end]
+        errors = sum(1 for t in self.failed if start <= t <= end)
+        items = sum(n for _, n in inside)
+        return summarize(
+            mode, concurrency, [lat for lat, _ in inside], items=items, errors=errors, seconds=end - start
+        )
+
+
+async def run_closed(
+    call: Callable[[int], Awaitable[int]],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    *,
+    mode: str = "closed",
+    cpu_pid: int | None = None,
+    max_warmup_s: float = 60.0,
+) -> LoadResult:
+    """`concurrency` callers, each running `call(k)` (k = its k-th request; returns items) back to back.
+
+    Measured: the requests that complete within a `duration_s` window that opens once every caller has
+    completed one request (at least `warmup_s` after the start): with many callers on a slow model the
+    first responses take seconds, and a window opening earlier would see the start-up, not the steady
+    state. At the window's end the callers are cancelled (no drain) and, when `cpu_pid` is given, its
+    CPU time over the window is reported per item and the run returns only once it has gone idle.
+    """
+    window = _Window(concurrency)
+
+    async def caller(i: int) -> None:
+        for k in itertools.count(i, concurrency):
+            t0 = time.perf_counter()
+            try:
+                items = await call(k)
+            except Exception:  # an error reply is a measured outcome, not a crash of the benchmark
+                window.failed.append(time.perf_counter())
+                continue
+            t1 = time.perf_counter()
+            window.done.append((t1, t1 - t0, items))
+            window.pending.discard(i)
+
+    tasks = [asyncio.create_task(caller(i)) for i in range(concurrency)]
+    try:
+        await window.steady(warmup_s, max_warmup_s)
+        cpu0, start = (_cpu_s(cpu_pid) if cpu_pid else 0.0), time.perf_counter()
+        await asyncio.sleep(duration_s)
+        cpu1, end = (_cpu_s(cpu_pid) if cpu_pid else 0.0), time.perf_counter()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    result = window.result(mode, concurrency, start, end)
+    if cpu_pid:
+        result = replace(result, cpu_ms_per_item=round((cpu1 - cpu0) * 1000.0 / max(1, result.items), 4))
+        await asyncio.to_thread(wait_idle, cpu_pid)
+    return result
+
+
+def _cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def wait_idle(pid: int, busy_below: float = 0.15, step_s: float = 0.1, max_s: float = 15.0) -> None:
+    """Return once process `pid` uses under `busy_below` of a core over `step_s` (batches cancelled
+    callers left running would otherwise eat into the next measurement)."""
+    deadline = time.monotonic() + max_s
+    last = _cpu_s(pid)
+    while time.monotonic() < deadline:
+        time.sleep(step_s)
+        now = _cpu_s(pid)
+        if now - last < busy_below * step_s:
+            return
+        last = now
+
+
 async def _closed_loop(
-    address: str, requests: Sequence[list[str]], concurrency: int, duration_s: float, warmup_s: float
+    address: str,
+    requests: Sequence[list[str]],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    *,
+    cpu_pid: int | None,
 ) -> LoadResult:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
         messages = [pb.EmbedRequest(texts=texts) for texts in requests]
-        feed = itertools.cycle(messages)
-        latencies: list[float] = []
-        counts = {"items": 0, "errors": 0}
-        measuring = False
-        stop_at = time.monotonic() + warmup_s + duration_s
 
-        async def caller() -> None:
-            while time.monotonic() < stop_at:
-                t0 = time.perf_counter()
-                try:
-                    resp = await stub.Embed(next(feed), timeout=30)
-                    np.frombuffer(resp.embeddings, dtype="<f4")  # what a real caller does with the bytes
-                except grpc.RpcError:
-                    if measuring:
-                        counts["errors"] += 1
-                    continue
-                if measuring:
-                    latencies.append(time.perf_counter() - t0)
-                    counts["items"] += resp.count
+        async def call(k: int) -> int:
+            resp = await stub.Embed(messages[k % len(messages)], timeout=60)
+            np.frombuffer(resp.embeddings, dtype="<f4")  # what a real caller does with the bytes
+            return int(resp.count)
 
-        tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
-        await asyncio.sleep(warmup_s)
-        measuring = True
-        t_start = time.monotonic()
-        await asyncio.gather(*tasks)
-        seconds = time.monotonic() - t_start
-    return summarize(
-        "closed", concurrency, latencies, items=counts["items"], errors=counts["errors"], seconds=seconds
-    )
+        return await run_closed(call, concurrency, duration_s, warmup_s, cpu_pid=cpu_pid)
 
 
 def closed_loop(
@@ -130,9 +213,14 @@ def closed_loop(
     concurrency: int,
     duration_s: float = 5.0,
     warmup_s: float = 1.0,
+    *,
+    cpu_pid: int | None = None,
 ) -> LoadResult:
-    """`concurrency` callers, each sending its next request as soon as the last one returns."""
-    return asyncio.run(_closed_loop(address, requests, concurrency, duration_s, warmup_s))
+    """`concurrency` gRPC callers, each sending its next request as soon as the last one returns.
+
+    `cpu_pid` (the server's pid): report its CPU ms per item and wait for it to go idle afterwards.
+    """
+    return asyncio.run(_closed_loop(address, requests, concurrency, duration_s, warmup_s, cpu_pid=cpu_pid))
 
 
 async def _open_loop(

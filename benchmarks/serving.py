@@ -203,12 +203,14 @@ def run_serving_benchmark(bundle: Path, rounds: int = 2, seconds: float = 5.0) -
     for _ in range(rounds):  # interleaved: the shared machine drifts between fast and slow states
         with server_process(bundle, **best_flags) as server, rss_sampler(server):
             starts.append(server.start_to_serving_s)
-            cpu_before = _cpu_s(server.proc.pid), _cpu_s()
-            r = closed_loop(server.address, requests, best_concurrency, duration_s=seconds, warmup_s=1.0)
-            # Items over warm-up + measurement, estimated from the steady rate.
+            client_before = _cpu_s()
+            r = closed_loop(
+                server.address, requests, best_concurrency, seconds, warmup_s=1.0, cpu_pid=server.proc.pid
+            )
+            # The client's CPU over warm-up + window, per item estimated from the steady rate.
             items = r.items_per_s * (seconds + 1.0)
-            grpc_cpu.append((_cpu_s(server.proc.pid) - cpu_before[0]) * 1000.0 / items)
-            client_cpu.append((_cpu_s() - cpu_before[1]) * 1000.0 / items)
+            grpc_cpu.append(r.cpu_ms_per_item or 0.0)
+            client_cpu.append((_cpu_s() - client_before) * 1000.0 / items)
             grpc_rounds.append(r.items_per_s)
             peak_rss = max(peak_rss, server.peak_rss_mb)
         rate, cpu_ms = in_process_items_per_s(bundle, requests, seconds)

@@ -1,0 +1,42 @@
+"""Mode (b), the in-process runtime: tokenizer + dynamic batcher + ONNX workers, no gRPC.
+
+The same `EmbeddingEngine` the server runs, with the server's default config, driven by N concurrent
+asyncio callers in this process (closed loop). Comparing it with mode (c) isolates what gRPC, protobuf and
+the client cost: the serving efficiency (c) / (b).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.loadgen import LoadResult, run_closed
+from embedder.bundle import load_bundle
+from embedder.config import load_config
+from embedder.engine import EmbeddingEngine, EmbedOptions
+
+
+def make_engine(bundle_dir: Path) -> EmbeddingEngine:
+    """An engine with the server's defaults (environment ignored, as for the server subprocesses)."""
+    config = load_config({"bundle": str(bundle_dir)}, env={})
+    return EmbeddingEngine(load_bundle(bundle_dir), config)
+
+
+async def closed_loop_engine(
+    engine: EmbeddingEngine,
+    requests: Sequence[list[str]],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+) -> LoadResult:
+    """`concurrency` callers awaiting `engine.embed` back to back (see `loadgen.run_closed`); the CPU per
+    item is this whole process's. The engine must have been started (`engine.start()`) on this loop."""
+    options = EmbedOptions()
+
+    async def call(k: int) -> int:
+        texts = requests[k % len(requests)]
+        await engine.embed(texts, options)
+        return len(texts)
+
+    return await run_closed(call, concurrency, duration_s, warmup_s, mode="in-process", cpu_pid=os.getpid())

@@ -1,0 +1,314 @@
+"""report.md from results.json (raw measurements + the `summary` derived from them by summary.py).
+
+Throughput cells read "median (max)" over the rounds. Section headings are stable: the benchmark test
+finds its tables by them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from benchmarks.models import CNN
+from benchmarks.summary import REFERENCES, headline_cell
+
+FIGURES = {
+    "throughput_vs_concurrency.png": "End-to-end gRPC throughput vs concurrent callers (dashed: in-process)",
+    "latency_cdf.png": "Latency CDF, open loop at 50% and 90% of each model's measured maximum",
+    "throughput_vs_seq_len.png": "Model-only throughput vs sequence length",
+    "quality_vs_throughput.png": "Quality vs end-to-end throughput (Pareto front)",
+}
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def med_max(values: Sequence[float]) -> str:
+    return f"{rate(statistics.median(values))} ({rate(max(values))})"
+
+
+def ratio_text(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}x"
+
+
+def label(results: dict[str, Any], key: str) -> str:
+    return f"{key}: {results['models'][key]['label']}"
+
+
+def _facts(r: dict[str, Any]) -> list[str]:
+    env, cfg = r["environment"], r["config"]
+    git = env["git"]
+    return [
+        f"# streamrec-bench report — {r['run_id']}",
+        "",
+        f"- mode: {'--quick' if cfg['quick'] else 'full'}; {cfg['rounds']} round(s), models interleaved; "
+        f"took {r['duration_s']:.0f} s",
+        f"- machine: {env['cpu_model']}, {env['logical_cores']} logical cores, "
+        f"{', '.join(env['cpu_flags']) or 'no AVX flags'}; load average {env['load_avg'][0]:.2f} at start, "
+        f"{r['load_avg_at_end'][0]:.2f} at end; nice {env['nice']}",
+        f"- commit {git['commit'][:12]}{' (dirty tree)' if git['dirty'] else ''}; "
+        + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v != "not installed"),
+        f"- inputs: {r['inputs']['count']} texts from {r['inputs']['source']} ({r['inputs']['note']}); "
+        f"requests of {cfg['request_texts']} texts",
+        "",
+    ]
+
+
+def _headline(r: dict[str, Any]) -> list[str]:
+    s, q = r["summary"]["models"], r["quality"]
+    b, n = headline_cell(r)
+    rows = [
+        (
+            label(r, k),
+            f"{r['models'][k]['parameters'] / 1e6:.1f}M",
+            rate(m["model_only"]["median"]),
+            rate(m["in_process"]["median"]),
+            rate(m["grpc"]["median"]),
+            f"{m['efficiency']:.2f}",
+            f"{q[k]['stsb_dev_spearman']:.2f}",
+            f"{q[k]['agreement_spearman']:.3f}" if "agreement_spearman" in q[k] else "n/a",
+        )
+        for k, m in s.items()
+    ]
+    header = (
+        "model",
+        "params",
+        f"(a) model only, b{b}×{n} tok, items/s",
+        "(b) in-process items/s",
+        "(c) gRPC items/s",
+        "(c)÷(b)",
+        "STS-B dev ρ×100",
+        "teacher agreement ρ",
+    )
+    return [
+        "## Headline",
+        "",
+        "Medians over rounds; (b) and (c) at their best concurrency.",
+        "",
+        *table(header, rows),
+    ]
+
+
+def _targets(r: dict[str, Any]) -> list[str]:
+    def verdict(holds: bool | None) -> str:
+        return "not measured" if holds is None else ("holds" if holds else "MISSED")
+
+    def value(v: float | None) -> str:
+        return "n/a" if v is None else (f"{v:,.2f}" if v < 100 else f"{v:,.0f}")
+
+    rows = [(name, value(v), target, verdict(h)) for name, v, target, h in r["summary"]["targets"]]
+    notes = ["Targets are reported, not asserted: this machine is shared and noisy."]
+    if r["models"].get(CNN, {}).get("random_weights"):
+        notes.append("The CNN has RANDOM weights in this run: its quality figures mean nothing.")
+    return ["## Targets", "", *notes, "", *table(("target", "value", "wanted", "verdict"), rows)]
+
+
+def _ratios(r: dict[str, Any]) -> list[str]:
+    ratio, s = r["summary"]["ratios"], r["summary"]["models"]
+    if not ratio:
+        return ["## CNN ÷ MiniLM throughput ratio", "", "Needs `cnn` and a MiniLM baseline in --models.", ""]
+    b, n = headline_cell(r)
+    refs = [ref for ref in REFERENCES if ref in ratio]
+    modes = (
+        ("model_only", f"(a) model only, batch {b} × {n} tokens"),
+        ("in_process", "(b) in-process runtime, best concurrency"),
+        ("grpc", "(c) end-to-end gRPC, best concurrency"),
+    )
+    rows = [(title, *(ratio_text(ratio[ref][mode]) for ref in refs)) for mode, title in modes]
+    eff = [(label(r, k), f"{m['efficiency']:.2f}", f"{m['cpu_efficiency']:.2f}") for k, m in s.items()]
+    return [
+        "## CNN ÷ MiniLM throughput ratio",
+        "",
+        *table(("mode", *(f"CNN ÷ {ref}" for ref in refs)), rows),
+        "## Serving efficiency (c) ÷ (b)",
+        "",
+        "Throughput: best gRPC median ÷ best in-process median (the gRPC client shares the 2 cores). "
+        "CPU: in-process CPU ms per item ÷ server CPU ms per item (robust to other tenants).",
+        "",
+        *table(("model", "throughput (c)÷(b)", "CPU per item (b)÷(c)"), eff),
+    ]
+
+
+def _inputs(r: dict[str, Any]) -> list[str]:
+    lengths = r["inputs"]["token_lengths"]
+    buckets = list(next(iter(lengths.values()))["buckets"])
+    rows = [
+        (
+            k,
+            f"{t['mean']:.1f}",
+            *(f"{t[p]:.0f}" for p in ("p10", "p50", "p90", "p99")),
+            t["max"],
+            *(f"{100 * t['buckets'][bk]:.1f}%" for bk in buckets),
+        )
+        for k, t in lengths.items()
+    ]
+    header = ("tokenizer of", "mean", "p10", "p50", "p90", "p99", "max", *(f"{bk} tok" for bk in buckets))
+    intro = f"{r['inputs']['count']} texts, {r['inputs']['source']}; tokens incl. specials, untruncated."
+    return ["## Inputs: token-length distribution", "", intro, "", *table(header, rows)]
+
+
+def _model_only(r: dict[str, Any]) -> list[str]:
+    cells = [(c["batch"], c["seq_len"]) for c in next(iter(r["model_only"].values()))]
+    rows = [(label(r, k), *(med_max(c["rounds"]) for c in v)) for k, v in r["model_only"].items()]
+    out = [
+        "## (a) Model only: ONNX Runtime, items/s",
+        "",
+        f"median (max) over rounds; {r['config']['workers']} single-threaded sessions, one thread each.",
+        "",
+    ]
+    out += table(("model", *(f"b{b}×{n}" for b, n in cells)), rows)
+    if CNN in r["model_only"]:
+        cnn = r["model_only"][CNN]
+        ratio_rows = [
+            (
+                f"CNN ÷ {ref}",
+                *(
+                    ratio_text(statistics.median(a["rounds"]) / statistics.median(b["rounds"]))
+                    for a, b in zip(cnn, r["model_only"][ref], strict=True)
+                ),
+            )
+            for ref in REFERENCES
+            if ref in r["model_only"]
+        ]
+        out += table(("ratio", *(f"b{b}×{n}" for b, n in cells)), ratio_rows)
+    return out
+
+
+def _sweep(r: dict[str, Any], key: str, cpu_field: str) -> list[tuple[Any, ...]]:
+    rows = []
+    for k, cells in r[key].items():
+        for c in cells:
+            runs = c["runs"]
+            p50 = statistics.median(x["p50_ms"] for x in runs)
+            p99 = statistics.median(x["p99_ms"] for x in runs)
+            cpu = statistics.median(x[cpu_field] for x in runs)
+            errors = sum(x["errors"] for x in runs)
+            rows.append(
+                (
+                    label(r, k),
+                    c["concurrency"],
+                    med_max(c["rounds"]),
+                    f"{p50:.1f}",
+                    f"{p99:.1f}",
+                    f"{cpu:.3f}",
+                    errors,
+                )
+            )
+    return rows
+
+
+def _in_process(r: dict[str, Any]) -> list[str]:
+    header = ("model", "callers", "items/s", "p50 ms", "p99 ms", "CPU ms/item", "errors")
+    return [
+        "## (b) In-process runtime: tokenizer + batcher + ONNX",
+        "",
+        *table(header, _sweep(r, "in_process", "cpu_ms_per_item")),
+    ]
+
+
+def _grpc(r: dict[str, Any]) -> list[str]:
+    header = ("model", "callers", "items/s", "p50 ms", "p99 ms", "server CPU ms/item", "errors")
+    out = [
+        "## (c) End-to-end gRPC, closed loop",
+        "",
+        f"Real server subprocesses, default config; requests of {r['config']['request_texts']} texts.",
+        "",
+        *table(header, _sweep(r, "grpc_closed", "cpu_ms_per_item")),
+    ]
+    if CNN in r["grpc_closed"]:
+        by_c = {
+            ref: {c["concurrency"]: statistics.median(c["rounds"]) for c in r["grpc_closed"][ref]}
+            for ref in REFERENCES
+            if ref in r["grpc_closed"]
+        }
+        rows = [
+            (
+                f"CNN ÷ {ref}",
+                *(
+                    ratio_text(statistics.median(c["rounds"]) / by_c[ref][c["concurrency"]])
+                    for c in r["grpc_closed"][CNN]
+                ),
+            )
+            for ref in by_c
+        ]
+        out += table(("ratio", *(f"{c['concurrency']} callers" for c in r["grpc_closed"][CNN])), rows)
+    rows_open = [
+        (
+            label(r, k),
+            f"{run['fraction']:.0%}",
+            rate(run["offered_items_per_s"]),
+            rate(run["items_per_s"]),
+            f"{run['p50_ms']:.1f}",
+            f"{run['p95_ms']:.1f}",
+            f"{run['p99_ms']:.1f}",
+            run["requests"],
+            run["errors"],
+        )
+        for k, runs in r["grpc_open"].items()
+        for run in runs
+    ]
+    header_open = (
+        "model",
+        "load",
+        "offered items/s",
+        "served items/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "requests",
+        "errors",
+    )
+    return [
+        *out,
+        "## (c) End-to-end gRPC, open loop",
+        "",
+        "Poisson arrivals at a fraction of the model's best closed-loop median; one run each.",
+        "",
+        *table(header_open, rows_open),
+    ]
+
+
+def _quality(r: dict[str, Any]) -> list[str]:
+    def f(x: float | None, spec: str) -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    rows = [
+        (
+            label(r, k),
+            f(q["stsb_dev_spearman"], ".2f"),
+            f(q.get("agreement_spearman"), ".3f"),
+            f(q.get("knn10_overlap"), ".3f"),
+            q["sts_pairs"],
+            q["agreement_texts"],
+        )
+        for k, q in r["quality"].items()
+    ]
+    header = ("model", "STS-B dev ρ×100", "teacher agreement ρ", "10-NN overlap", "STS pairs", "texts")
+    intro = "All embeddings fetched over gRPC from the servers measured above; teacher = minilm-fp32."
+    return ["## Quality (through gRPC)", "", intro, "", *table(header, rows)]
+
+
+def _notes(r: dict[str, Any]) -> list[str]:
+    notes = [f"- skipped {k}: {why}" for k, why in r["skipped"].items()]
+    if r["config"]["quick"]:
+        notes.append(
+            "- --quick: one round, short cells, subsets of STS-B dev and of the agreement texts; "
+            "a smoke test of the pipeline, not a measurement to quote."
+        )
+    notes.append("- Throughput varies ~2x on this shared VM; compare models within one run, not across runs.")
+    return ["## Notes", "", *notes, ""]
+
+
+def render(results: dict[str, Any]) -> str:
+    figures = ["## Figures", ""] + [f"![{alt}]({name})\n" for name, alt in FIGURES.items()]
+    parts = [_facts, _headline, _targets, _ratios, _inputs, _model_only, _in_process, _grpc, _quality]
+    lines = [line for part in parts for line in part(results)]
+    return "\n".join([*lines, *figures, *_notes(results)])
