@@ -1,6 +1,7 @@
 """The model bundle: the only artifact training hands to serving (contract: ../shared/DESIGN.md).
 
-A bundle is a directory with `model.onnx`, `tokenizer.json` and `manifest.json`. One `Manifest`
+A bundle is a directory with `model.onnx`, `tokenizer.json` and `manifest.json`, and optionally
+`explain.onnx`, the graph behind the Explain RPC (docs/explain.md). One `Manifest`
 dataclass describes it; `save_bundle()` (training, baselines) and `load_bundle()` (serving) share it,
 so writer and reader cannot disagree about the format.
 """
@@ -21,6 +22,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
+EXPLAIN_FILE = "explain.onnx"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class Manifest:
     metrics: dict[str, float] = field(default_factory=dict)
     # Optional ONNX outputs beyond `embeddings` (e.g. "token_features" for Explain).
     extra_outputs: list[str] = field(default_factory=list)
+    # The Explain graph (per-token contributions) and its sha256; "" = the bundle cannot explain.
+    # Optional with defaults, so bundles written before Explain existed still load (format_version 1).
+    explain_model: str = ""
+    explain_sha256: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -79,6 +85,11 @@ class Bundle:
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER_FILE
 
+    @property
+    def explain_path(self) -> Path | None:
+        """The verified explain graph, or None if this bundle does not support Explain."""
+        return self.path / self.manifest.explain_model if self.manifest.explain_model else None
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -110,13 +121,19 @@ def load_bundle(path: str | Path, verify_sha256: bool = True) -> Bundle:
     manifest = Manifest.from_dict(raw, f"bundle {root}")
     _check_fields(manifest, root)
     if verify_sha256:
-        actual = file_sha256(root / MODEL_FILE)
-        if actual != manifest.sha256:
-            raise BundleError(
-                f"bundle {root}: {MODEL_FILE} sha256 {actual[:12]}… does not match manifest "
-                f"{manifest.sha256[:12]}… (corrupt or replaced file)"
-            )
+        _verify_sha256(root, MODEL_FILE, manifest.sha256)
+        if manifest.explain_model:
+            _verify_sha256(root, manifest.explain_model, manifest.explain_sha256)
     return Bundle(path=root, manifest=manifest)
+
+
+def _verify_sha256(root: Path, name: str, expected: str) -> None:
+    actual = file_sha256(root / name)
+    if actual != expected:
+        raise BundleError(
+            f"bundle {root}: {name} sha256 {actual[:12]}… does not match manifest "
+            f"{expected[:12]}… (corrupt or replaced file)"
+        )
 
 
 def _check_fields(m: Manifest, root: Path) -> None:
@@ -127,21 +144,39 @@ def _check_fields(m: Manifest, root: Path) -> None:
     bad = [d for d in m.matryoshka_dims if not 0 < d <= m.dim]
     if bad:
         raise BundleError(f"bundle {root}: matryoshka_dims {bad} outside 1..{m.dim}")
+    if m.explain_model:
+        # A plain file name inside the bundle: a manifest must not point the server elsewhere.
+        if Path(m.explain_model).name != m.explain_model or m.explain_model in (".", ".."):
+            raise BundleError(f"bundle {root}: explain_model must be a file name, got {m.explain_model!r}")
+        if not (root / m.explain_model).is_file():
+            raise BundleError(f"bundle {root} is missing {m.explain_model} (named by explain_model)")
+        if not m.explain_sha256:
+            raise BundleError(f"bundle {root}: explain_model is set but explain_sha256 is empty")
+    elif m.explain_sha256:
+        raise BundleError(f"bundle {root}: explain_sha256 is set but explain_model is empty")
 
 
 def save_bundle(
     out_dir: str | Path,
     model_file: str | Path,
     tokenizer_file: str | Path,
+    *,
+    explain_file: str | Path | None = None,
     **fields: Any,
 ) -> Bundle:
-    """Write a bundle: copy the model and tokenizer, hash the model, write the manifest, verify it."""
+    """Write a bundle: copy the model, tokenizer (and explain graph), hash, write the manifest, verify it."""
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    if Path(model_file).resolve() != (root / MODEL_FILE).resolve():
-        shutil.copyfile(model_file, root / MODEL_FILE)
-    if Path(tokenizer_file).resolve() != (root / TOKENIZER_FILE).resolve():
-        shutil.copyfile(tokenizer_file, root / TOKENIZER_FILE)
+    _copy(model_file, root / MODEL_FILE)
+    _copy(tokenizer_file, root / TOKENIZER_FILE)
+    if explain_file is not None:
+        _copy(explain_file, root / EXPLAIN_FILE)
+        fields = {**fields, "explain_model": EXPLAIN_FILE, "explain_sha256": file_sha256(root / EXPLAIN_FILE)}
     manifest = Manifest(format_version=FORMAT_VERSION, sha256=file_sha256(root / MODEL_FILE), **fields)
     (root / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return load_bundle(root)
+
+
+def _copy(src: str | Path, dest: Path) -> None:
+    if Path(src).resolve() != dest.resolve():
+        shutil.copyfile(src, dest)

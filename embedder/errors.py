@@ -31,6 +31,10 @@ class ShuttingDownError(EmbedderError):
     """The server is draining and accepts no new work (UNAVAILABLE)."""
 
 
+class NotSupportedError(EmbedderError):
+    """The served model cannot do what was asked, e.g. Explain without an explain graph (UNIMPLEMENTED)."""
+
+
 class InferenceError(EmbedderError):
     """The model failed on a batch; affected calls get INTERNAL with a request id."""
 

@@ -30,6 +30,21 @@ class Encoded:
         return [len(row) for row in self.ids]
 
 
+@dataclass(frozen=True)
+class TokenSpans:
+    """One text's tokens with where they came from (the Explain path; `Encoded` skips offsets for speed).
+
+    `offsets[i]` are character (code point) offsets into the original text; `word_ids[i]` is the index
+    of the pre-tokenizer word piece i belongs to, None for special tokens ([CLS], [SEP]).
+    """
+
+    ids: list[int]
+    pieces: list[str]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+    truncated: bool
+
+
 class TextTokenizer:
     """Thread-safe: `encode` may run in several worker threads at once (the Rust side releases the GIL)."""
 
@@ -65,6 +80,17 @@ class TextTokenizer:
                 f"({len(truncated)} text(s) too long)"
             )
         return Encoded(ids=ids, truncated=truncated)
+
+    def spans(self, text: str, truncate: bool = True, field: str = "text") -> TokenSpans:
+        """Encode one text keeping offsets and word ids; `field` names it in the truncate=false error."""
+        enc = self._tok.encode(text)
+        truncated = bool(enc.overflowing)
+        if truncated and not truncate:
+            raise InvalidInputError(f"{field}: longer than max_tokens={self.max_tokens} and truncate=false")
+        word_ids = [
+            None if special else w for w, special in zip(enc.word_ids, enc.special_tokens_mask, strict=True)
+        ]
+        return TokenSpans(enc.ids, enc.tokens, list(enc.offsets), word_ids, truncated)
 
 
 def pad_batch(

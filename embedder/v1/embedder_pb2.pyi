@@ -12,9 +12,18 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_FLOAT32: _ClassVar[Encoding]
     ENCODING_FLOAT16: _ClassVar[Encoding]
     ENCODING_INT8: _ClassVar[Encoding]
+
+class AttributionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ATTRIBUTION_KIND_WORD: _ClassVar[AttributionKind]
+    ATTRIBUTION_KIND_SPECIAL: _ClassVar[AttributionKind]
+    ATTRIBUTION_KIND_BIAS: _ClassVar[AttributionKind]
 ENCODING_FLOAT32: Encoding
 ENCODING_FLOAT16: Encoding
 ENCODING_INT8: Encoding
+ATTRIBUTION_KIND_WORD: AttributionKind
+ATTRIBUTION_KIND_SPECIAL: AttributionKind
+ATTRIBUTION_KIND_BIAS: AttributionKind
 
 class EmbedRequest(_message.Message):
     __slots__ = ("texts", "normalize", "dimensions", "truncate", "encoding", "request_id")
@@ -136,3 +145,79 @@ class ModelInfo(_message.Message):
     encodings: _containers.RepeatedScalarFieldContainer[Encoding]
     supports_explain: bool
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dim: _Optional[int] = ..., max_tokens: _Optional[int] = ..., matryoshka_dims: _Optional[_Iterable[int]] = ..., parameters: _Optional[int] = ..., architecture: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sha256: _Optional[str] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., encodings: _Optional[_Iterable[_Union[Encoding, str]]] = ..., supports_explain: _Optional[bool] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("query", "candidate", "top_pairs", "truncate", "dimensions", "request_id")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    TOP_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    candidate: str
+    top_pairs: int
+    truncate: bool
+    dimensions: int
+    request_id: str
+    def __init__(self, query: _Optional[str] = ..., candidate: _Optional[str] = ..., top_pairs: _Optional[int] = ..., truncate: _Optional[bool] = ..., dimensions: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class TokenAttribution(_message.Message):
+    __slots__ = ("text", "char_start", "char_end", "byte_start", "byte_end", "pieces", "contribution", "kind")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHAR_START_FIELD_NUMBER: _ClassVar[int]
+    CHAR_END_FIELD_NUMBER: _ClassVar[int]
+    BYTE_START_FIELD_NUMBER: _ClassVar[int]
+    BYTE_END_FIELD_NUMBER: _ClassVar[int]
+    PIECES_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    char_start: int
+    char_end: int
+    byte_start: int
+    byte_end: int
+    pieces: _containers.RepeatedScalarFieldContainer[str]
+    contribution: float
+    kind: AttributionKind
+    def __init__(self, text: _Optional[str] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., byte_start: _Optional[int] = ..., byte_end: _Optional[int] = ..., pieces: _Optional[_Iterable[str]] = ..., contribution: _Optional[float] = ..., kind: _Optional[_Union[AttributionKind, str]] = ...) -> None: ...
+
+class TextAttribution(_message.Message):
+    __slots__ = ("tokens", "token_count", "truncated")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenAttribution]
+    token_count: int
+    truncated: bool
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenAttribution, _Mapping]]] = ..., token_count: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class TokenPair(_message.Message):
+    __slots__ = ("query_index", "candidate_index", "contribution")
+    QUERY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    query_index: int
+    candidate_index: int
+    contribution: float
+    def __init__(self, query_index: _Optional[int] = ..., candidate_index: _Optional[int] = ..., contribution: _Optional[float] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("request_id", "similarity", "query", "candidate", "top_pairs", "timing", "model", "dim")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    TOP_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    similarity: float
+    query: TextAttribution
+    candidate: TextAttribution
+    top_pairs: _containers.RepeatedCompositeFieldContainer[TokenPair]
+    timing: Timing
+    model: str
+    dim: int
+    def __init__(self, request_id: _Optional[str] = ..., similarity: _Optional[float] = ..., query: _Optional[_Union[TextAttribution, _Mapping]] = ..., candidate: _Optional[_Union[TextAttribution, _Mapping]] = ..., top_pairs: _Optional[_Iterable[_Union[TokenPair, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,11 @@ class EmbedderStub:
                 request_serializer=embedder_dot_v1_dot_embedder__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=embedder_dot_v1_dot_embedder__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/streamrec.embedder.v1.Embedder/Explain',
+                request_serializer=embedder_dot_v1_dot_embedder__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=embedder_dot_v1_dot_embedder__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -72,6 +77,14 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Token-level attribution of a similarity (or of one text's embedding). UNIMPLEMENTED when the
+        served bundle has no explain graph (ModelInfo.supports_explain tells clients in advance).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +102,11 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=embedder_dot_v1_dot_embedder__pb2.GetModelInfoRequest.FromString,
                     response_serializer=embedder_dot_v1_dot_embedder__pb2.ModelInfo.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=embedder_dot_v1_dot_embedder__pb2.ExplainRequest.FromString,
+                    response_serializer=embedder_dot_v1_dot_embedder__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +190,33 @@ class Embedder:
             '/streamrec.embedder.v1.Embedder/GetModelInfo',
             embedder_dot_v1_dot_embedder__pb2.GetModelInfoRequest.SerializeToString,
             embedder_dot_v1_dot_embedder__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.embedder.v1.Embedder/Explain',
+            embedder_dot_v1_dot_embedder__pb2.ExplainRequest.SerializeToString,
+            embedder_dot_v1_dot_embedder__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,
