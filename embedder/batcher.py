@@ -9,9 +9,10 @@ slots up front, so an overloaded server refuses it at once, before spending CPU 
 
 A batch starts from the oldest queued text (so nothing starves) and is filled with the texts closest to
 it in length, to cut padding. The queue is bounded: a request that does not fit is rejected at once with
-`OverloadedError`. If inference raises, every caller in that batch gets an `InferenceError`; nobody is
-left waiting. Texts whose caller is gone (cancelled, deadline passed) are dropped before inference and
-reported to the observer with a reason.
+`OverloadedError`. If inference raises on a batch of several requests, each is re-run alone, so only
+the request that breaks the model gets an `InferenceError`; nobody is left waiting. Texts whose caller
+is gone (cancelled, deadline passed) are dropped before inference and reported to the observer with a
+reason.
 """
 
 from __future__ import annotations
@@ -347,31 +348,54 @@ class DynamicBatcher:
         task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[_Item]) -> None:
-        batch_id = next(self._batch_ids)
-        started = self._clock()
         try:
-            try:
-                out = await self._run_batch([item.ids for item in batch])
-                if out.shape[0] != len(batch):
-                    raise InferenceError(f"model returned {out.shape[0]} rows for {len(batch)} texts")
-            except Exception as exc:
-                self._fail(batch, exc)
-                return
-            finished = self._clock()
-            try:
-                self._deliver(batch, out, batch_id, started, finished)
-            except Exception as exc:  # e.g. a failing observer: callers must still get an answer
-                self._fail(batch, exc)
+            await self._run_once(batch, isolate=True)
         finally:
             self._busy -= 1
             if self._wake is not None:
                 self._wake.set()
 
+    async def _run_once(self, batch: list[_Item], isolate: bool) -> None:
+        """Run one batch. If it fails and holds several requests, each request is re-run alone, so a
+        text that breaks the model fails only its own caller, not its batch-mates (a stuck batch is
+        not re-run: that would double the time its callers wait)."""
+        batch_id = next(self._batch_ids)
+        started = self._clock()
+        try:
+            out = await self._run_batch([item.ids for item in batch])
+            if out.shape[0] != len(batch):
+                raise InferenceError(f"model returned {out.shape[0]} rows for {len(batch)} texts")
+        except Exception as exc:
+            groups = _by_request(batch)
+            if not isolate or len(groups) < 2 or isinstance(exc, InferenceTimeoutError):
+                self._fail(batch, exc)
+                return
+            log.warning(
+                "a batch of %d texts from %d requests failed; re-running each request alone",
+                len(batch),
+                len(groups),
+                exc_info=exc,
+            )
+            self._count_failed(len(batch), exc)
+            for group in groups:
+                if not group[0].request.future.done():
+                    await self._run_once(group, isolate=False)
+            return
+        finished = self._clock()
+        try:
+            self._deliver(batch, out, batch_id, started, finished)
+        except Exception as exc:  # e.g. a failing observer: callers must still get an answer
+            self._fail(batch, exc)
+
+    def _count_failed(self, items: int, exc: Exception) -> None:
+        if self._observer is not None:
+            reason = "timeout" if isinstance(exc, InferenceTimeoutError) else "error"
+            self._observer.observe_failed_batch(items, reason)
+
     def _fail(self, batch: list[_Item], exc: Exception, count_batch: bool = True) -> None:
         log.error("inference failed on a batch of %d texts", len(batch), exc_info=exc)
-        if self._observer is not None and count_batch:
-            reason = "timeout" if isinstance(exc, InferenceTimeoutError) else "error"
-            self._observer.observe_failed_batch(len(batch), reason)
+        if count_batch:
+            self._count_failed(len(batch), exc)
         error = (
             exc
             if isinstance(exc, EmbedderError)
@@ -411,3 +435,11 @@ class DynamicBatcher:
         self._queued = value
         if self._observer is not None:
             self._observer.set_queued_items(value)
+
+
+def _by_request(batch: list[_Item]) -> list[list[_Item]]:
+    """The batch's items grouped by the request they belong to, in batch order."""
+    groups: dict[int, list[_Item]] = {}
+    for item in batch:
+        groups.setdefault(id(item.request), []).append(item)
+    return list(groups.values())

@@ -4,7 +4,7 @@
 most the server's `max_texts_per_request` (asked once via GetModelInfo), runs them concurrently over
 several server addresses in round-robin, and retries UNAVAILABLE / RESOURCE_EXHAUSTED with exponential
 backoff and full jitter, all within one overall deadline per `embed` call. Other errors raise
-`grpc.RpcError` at once.
+`grpc.RpcError` at once. TLS, mTLS and an API key: pass `security=ChannelSecurity(...)` (channel.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from embedder.channel import ChannelSecurity
 from embedder.encoding import unpack
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
@@ -96,26 +97,33 @@ class EmbedderClient:
         addresses: str | Sequence[str],
         options: ClientOptions | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        security: ChannelSecurity | None = None,
     ) -> None:
+        """`security`: TLS / mTLS and an API key (embedder/channel.py); default plaintext, no key."""
         self.options = options or ClientOptions()
-        self._channels = [
-            grpc.insecure_channel(a, options=list(channel_options)) for a in _addresses(addresses)
-        ]
+        security = security or ChannelSecurity()
+        self._metadata = security.metadata()
+        self._channels = [security.channel(a, channel_options) for a in _addresses(addresses)]
         self._stubs = [pb_grpc.EmbedderStub(c) for c in self._channels]  # type: ignore[no-untyped-call]
         self._next = itertools.cycle(range(len(self._stubs)))
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._info: pb.ModelInfo | None = None
 
-    def _stub(self) -> Any:
+    def _first(self) -> int:
         with self._lock:
-            return self._stubs[next(self._next)]
+            return next(self._next)
 
     def _call(self, method: str, request: Any, deadline: float) -> Any:
         """One RPC with retries on UNAVAILABLE/RESOURCE_EXHAUSTED; each attempt goes to the next address."""
+        first = self._first()
         for attempt in itertools.count():
+            # Walk the addresses from this call's own start: taking the shared cycle per attempt could send
+            # every retry of a call back to the same dead address while other threads take the others.
+            stub = self._stubs[(first + attempt) % len(self._stubs)]
             try:
-                return getattr(self._stub(), method)(request, timeout=max(0.001, deadline - time.monotonic()))
+                timeout = max(0.001, deadline - time.monotonic())
+                return getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
                 pause = self.options.backoff_s(attempt)
                 if not _should_retry(exc, attempt, self.options, deadline, pause):
@@ -171,20 +179,23 @@ class AsyncEmbedderClient:
         addresses: str | Sequence[str],
         options: ClientOptions | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        security: ChannelSecurity | None = None,
     ) -> None:
         self.options = options or ClientOptions()
-        self._channels = [
-            grpc.aio.insecure_channel(a, options=list(channel_options)) for a in _addresses(addresses)
-        ]
+        security = security or ChannelSecurity()
+        self._metadata = security.metadata()
+        self._channels = [security.aio_channel(a, channel_options) for a in _addresses(addresses)]
         self._stubs = [pb_grpc.EmbedderStub(c) for c in self._channels]  # type: ignore[no-untyped-call]
         self._next = itertools.cycle(range(len(self._stubs)))
         self._info: pb.ModelInfo | None = None
 
     async def _call(self, method: str, request: Any, deadline: float) -> Any:
+        first = next(self._next)
         for attempt in itertools.count():
-            stub = self._stubs[next(self._next)]
+            stub = self._stubs[(first + attempt) % len(self._stubs)]  # see EmbedderClient._call
             try:
-                return await getattr(stub, method)(request, timeout=max(0.001, deadline - time.monotonic()))
+                timeout = max(0.001, deadline - time.monotonic())
+                return await getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
                 pause = self.options.backoff_s(attempt)
                 if not _should_retry(exc, attempt, self.options, deadline, pause):

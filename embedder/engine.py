@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,9 +19,11 @@ from embedder.bundle import Bundle, Manifest
 from embedder.config import ServerConfig
 from embedder.encoding import ENCODINGS, postprocess
 from embedder.errors import ConfigError, InvalidInputError
+from embedder.explainer import Explainer
 from embedder.session import SessionFactory, SessionPool
 from embedder.tokenizer import TextTokenizer
 from embedder.v1 import embedder_pb2 as pb
+from embedder.workers import DaemonThreadPool
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -81,9 +82,10 @@ class EmbeddingEngine:
             on_exhausted=on_unhealthy,
         )
         self.sessions.warm_up()
-        self._tokenize_pool = ThreadPoolExecutor(
-            max_workers=config.resolved_tokenizer_threads(), thread_name_prefix="embedder-tokenize"
-        )
+        # The Explain RPC's graph (explain.onnx), if the bundle has one; it never touches the batcher.
+        self.explainer = Explainer.for_bundle(bundle, config)
+        # Daemon threads: a Rust panic in the tokenizer fails its call, not the server (workers.py).
+        self._tokenize_pool = DaemonThreadPool(config.resolved_tokenizer_threads(), "embedder-tokenize")
         limits = BatchLimits(
             max_batch_items=config.max_batch_items,
             max_batch_tokens=config.max_batch_tokens,
@@ -168,8 +170,12 @@ class EmbeddingEngine:
         await self.batcher.close()
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
+        if self.explainer is not None:
+            self.explainer.close()
 
     def close_sync(self) -> None:
         """Release the thread pools when no event loop ever ran (CLI `embed`, benchmarks)."""
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
+        if self.explainer is not None:
+            self.explainer.close()

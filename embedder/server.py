@@ -9,6 +9,7 @@ finish, then the process exits 0. Optional TLS/mTLS and API keys come from `auth
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from embedder.auth import ApiKeyInterceptor, load_api_keys, server_credentials
 from embedder.bundle import Bundle, load_bundle
 from embedder.config import ServerConfig
+from embedder.drain import InflightTracker
 from embedder.engine import EmbeddingEngine
 from embedder.errors import ConfigError
 from embedder.metrics import Metrics
@@ -32,6 +34,9 @@ from embedder.session import SessionFactory
 __all__ = ["SERVICE_NAME", "RunningServer", "create_server", "serve"]
 
 log = logging.getLogger(__name__)
+
+# After the last accepted call is answered, how long the drain still refuses new calls before closing.
+_SETTLE_S = 0.5
 
 
 @dataclass
@@ -45,6 +50,7 @@ class RunningServer:
     service: EmbedderService
     health: Any  # grpc_health.v1.health.aio.HealthServicer (the stubs lack the aio module)
     metrics: Metrics
+    inflight: InflightTracker
     _stopped: bool = False
 
     async def stop(self, grace_s: float) -> None:
@@ -55,7 +61,18 @@ class RunningServer:
         log.info("draining: health NOT_SERVING, new calls UNAVAILABLE, grace %.1fs", grace_s)
         await self.health.enter_graceful_shutdown()
         self.service.start_draining()
-        await self.server.stop(grace_s)
+        # gRPC keeps running while accepted calls finish, so calls that race with the signal get a
+        # precise UNAVAILABLE from the service; stopping gRPC at once would cut some off (CANCELLED).
+        started, calls_before, busy = time.monotonic(), self.inflight.started, self.inflight.active > 0
+        if await self.inflight.wait_idle(grace_s):
+            # Settle (if there was traffic): the last responses leave, and callers who just got them
+            # and call again are refused precisely too. Then what is left (health Watch streams,
+            # which never end by themselves) is closed.
+            if busy or self.inflight.started > calls_before:
+                await asyncio.sleep(max(0.0, min(_SETTLE_S, grace_s - (time.monotonic() - started))))
+        else:
+            log.warning("grace period over; cancelling %d unfinished calls", self.inflight.active)
+        await self.server.stop(0)
         await self.engine.close()
         self.metrics.stop_http()
         counts = ", ".join(f"{m} {c}={n}" for (m, c), n in sorted(self.metrics.request_counts().items()))
@@ -85,9 +102,11 @@ def _not_serving_callback(health_servicer: Any) -> Callable[[], None]:
     return callback
 
 
-def _grpc_server(config: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
+def _grpc_server(config: ServerConfig, metrics: Metrics, inflight: InflightTracker) -> grpc.aio.Server:
     keys = load_api_keys(config)
-    interceptors = [ApiKeyInterceptor(keys, metrics)] if keys else []
+    interceptors: list[grpc.aio.ServerInterceptor] = [inflight]  # type: ignore[type-arg]
+    if keys:
+        interceptors.append(ApiKeyInterceptor(keys, metrics))
     return grpc.aio.server(
         options=_grpc_options(config),
         interceptors=interceptors,
@@ -117,7 +136,8 @@ async def create_server(
     m = bundle.manifest
     metrics.set_model(m.name, m.version, m.dim)
     # Keys and TLS files are read before the model loads: a bad one fails start-up at once.
-    server = _grpc_server(config, metrics)
+    inflight = InflightTracker((f"/{SERVICE_NAME}/",))
+    server = _grpc_server(config, metrics, inflight)
     credentials = server_credentials(config)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     engine = EmbeddingEngine(
@@ -143,13 +163,16 @@ async def create_server(
     )
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, metrics_port, engine, service, health_servicer, metrics)
+    return RunningServer(server, port, metrics_port, engine, service, health_servicer, metrics, inflight)
 
 
 async def serve(config: ServerConfig, bundle: Bundle | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully."""
     started = time.monotonic()
     running = await create_server(config, bundle)
+    # What start-up loaded lives as long as the process: keep it out of the collector's full passes,
+    # which otherwise stall the event loop (~45 ms measured under load; docs/operations.md).
+    gc.freeze()
     log.info(
         "serving %s on port %d (metrics port %s, %d workers) after %.2fs",
         running.engine.manifest.name,

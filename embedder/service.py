@@ -22,10 +22,12 @@ from embedder.errors import (
     DeadlineExceededError,
     EmbedderError,
     InvalidInputError,
+    NotSupportedError,
     OverloadedError,
     ShuttingDownError,
     UnauthenticatedError,
 )
+from embedder.explainer import explain_response
 from embedder.metrics import Metrics
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
@@ -38,6 +40,7 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (NotSupportedError, grpc.StatusCode.UNIMPLEMENTED),
 )
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
@@ -86,12 +89,17 @@ def add_to_server(service: EmbedderService, server: grpc.aio.Server) -> None:
             request_deserializer=_lenient(pb.GetModelInfoRequest),
             response_serializer=pb.ModelInfo.SerializeToString,
         ),
+        "Explain": grpc.unary_unary_rpc_method_handler(
+            service.Explain,
+            request_deserializer=_lenient(pb.ExplainRequest),
+            response_serializer=pb.ExplainResponse.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
 
-def request_id_of(request: pb.EmbedRequest | None) -> str:
+def request_id_of(request: pb.EmbedRequest | pb.ExplainRequest | None) -> str:
     """The caller's request id if it is usable (short, printable), else a generated one."""
     rid = request.request_id if request is not None else ""
     if 0 < len(rid) <= MAX_REQUEST_ID_CHARS and rid.isprintable():
@@ -106,13 +114,16 @@ def check_request(request: pb.EmbedRequest | None) -> pb.EmbedRequest:
             "request: not a valid EmbedRequest (e.g. a text that is not valid UTF-8); "
             "texts must be UTF-8 strings"
         )
-    rid = request.request_id
+    check_request_id(request.request_id)
+    return request
+
+
+def check_request_id(rid: str) -> None:
     if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
         raise InvalidInputError(
             f"request_id: must be at most {MAX_REQUEST_ID_CHARS} printable characters "
             f"(got {len(rid)} characters)"
         )
-    return request
 
 
 def options_from(request: pb.EmbedRequest) -> EmbedOptions:
@@ -134,7 +145,7 @@ def _us(seconds: float) -> int:
 
 
 class EmbedderService(pb_grpc.EmbedderServicer):
-    """Embed, EmbedStream, GetModelInfo over one `EmbeddingEngine`."""
+    """Embed, EmbedStream, GetModelInfo, Explain over one `EmbeddingEngine`."""
 
     def __init__(self, engine: EmbeddingEngine, metrics: Metrics) -> None:
         self._engine = engine
@@ -174,6 +185,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> AsyncIterator[pb.EmbedResponse]:
         """Messages run concurrently (so they batch together); responses come back in request order."""
+        if self._draining:
+            code, message = status_for(ShuttingDownError("server is shutting down; reconnect elsewhere"), "")
+            await context.abort(code, message)
         inflight: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None] = asyncio.Queue(
             maxsize=self._engine.config.max_stream_inflight
         )
@@ -214,6 +228,40 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             await context.abort(code, message)
         self._metrics.observe_request("GetModelInfo", "OK", time.monotonic() - started)
         return self._model_info
+
+    async def Explain(  # noqa: N802 (gRPC method name)
+        self,
+        request: pb.ExplainRequest | None,
+        context: grpc.aio.ServicerContext[pb.ExplainRequest, pb.ExplainResponse],
+    ) -> pb.ExplainResponse:
+        """Token attribution (embedder/explainer.py): off the event loop, outside the batcher."""
+        started = time.monotonic()
+        request_id = request_id_of(request)
+        try:
+            if self._draining:
+                raise ShuttingDownError("server is shutting down; retry on another replica")
+            if request is None:
+                raise InvalidInputError(
+                    "request: not a valid ExplainRequest (e.g. a text that is not valid UTF-8)"
+                )
+            check_request_id(request.request_id)
+            response = await explain_response(
+                self._engine.explainer,
+                self._engine.manifest,
+                request,
+                request_id=request_id,
+                started=started,
+                deadline=_deadline(context),
+            )
+        except asyncio.CancelledError:
+            self._metrics.observe_request("Explain", "CANCELLED", time.monotonic() - started)
+            raise
+        except Exception as exc:
+            code, message = status_for(exc, request_id)
+            self._metrics.observe_request("Explain", code.name, time.monotonic() - started)
+            await context.abort(code, message)
+        self._metrics.observe_request("Explain", "OK", time.monotonic() - started)
+        return response
 
     # -- internals ------------------------------------------------------------------------------------
 
@@ -259,6 +307,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         request_id = request_id_of(request)
         try:
             response = await self._embed(request, request_id, started, deadline)
+        except asyncio.CancelledError:  # the caller cancelled the stream or its deadline passed
+            self._metrics.observe_request("EmbedStream", "CANCELLED", time.monotonic() - started)
+            raise
         except Exception as exc:
             code, message = status_for(exc, request_id)
             self._metrics.observe_request("EmbedStream", code.name, time.monotonic() - started)
@@ -323,5 +374,5 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             sha256=m.sha256,
             limits=limits,
             encodings=list(ENCODINGS),
-            supports_explain=False,
+            supports_explain=self._engine.explainer is not None,
         )

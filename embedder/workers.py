@@ -2,11 +2,13 @@
 
 `ThreadPoolExecutor` joins its threads at interpreter exit, so one thread stuck inside ONNX Runtime
 would keep a drained server from ever exiting. These threads are daemons: a stuck one is abandoned
-(the session pool's watchdog has already answered its callers) and the process still exits.
+(the session pool's watchdog has already answered its callers) and the process still exits. A task
+that raises `SystemExit` or a Rust panic does not kill its thread; its caller gets `WorkerDiedError`.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -17,7 +19,13 @@ from typing import Any, ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 _Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class WorkerDiedError(RuntimeError):
+    """A task raised a BaseException (not an Exception) in a worker thread."""
 
 
 class DaemonThreadPool(Executor):
@@ -46,8 +54,14 @@ class DaemonThreadPool(Executor):
                 continue
             try:
                 future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:  # handed to the waiting caller, like ThreadPoolExecutor does
+            except Exception as exc:  # handed to the waiting caller, like ThreadPoolExecutor does
                 future.set_exception(exc)
+            except BaseException as exc:
+                # SystemExit or a Rust panic (pyo3's PanicException is a BaseException) would end this
+                # thread and, handed to asyncio as is, stop the server's event loop. The caller gets
+                # an ordinary error instead, and the thread keeps serving.
+                log.error("worker thread caught %s; the pool keeps running", type(exc).__name__, exc_info=exc)
+                future.set_exception(WorkerDiedError(f"worker raised {type(exc).__name__}"))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout_s: float = 5.0) -> None:
         """Stop taking work; with `wait`, join the threads for up to `timeout_s` in all (stuck ones stay)."""

@@ -5,6 +5,7 @@ that seam, a server subprocess, metrics scraping and outcome counting.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from embedder.bundle import Bundle
 from embedder.config import ServerConfig
 from embedder.server import create_server
 from embedder.session import InferenceSession, SessionFactory, make_session
-from tests.support import ServerThread
+from tests.support import ServerThread, make_config
 
 SECRET = "onnx exploded at /srv/secret/model.onnx"
 
@@ -41,7 +42,9 @@ class Faults:
         self.waiting = threading.Semaphore(0)  # released once per run that reached the gate
         self.fail_token: int | None = None  # a batch holding this token id raises
         self.hang_token: int | None = None  # a batch holding this token id hangs until `unhang`
+        self.exit_token: int | None = None  # a batch holding this token id raises SystemExit
         self.unhang = threading.Event()
+        self.seen: set[int] = set()  # every token id that reached the model (after the warm-up)
 
     def factory(self) -> SessionFactory:
         def make(path: Path, threads: int) -> InferenceSession:
@@ -53,6 +56,7 @@ class Faults:
         """Forget the warm-up: zero the row count and drain the gate's arrivals."""
         with self.lock:
             self.rows_run = 0
+            self.seen.clear()
         while self.waiting.acquire(blocking=False):
             pass
 
@@ -67,12 +71,16 @@ class FaultySession:
     def run(self, output_names: list[str], input_feed: dict[str, Any]) -> list[Any]:
         f = self.faults
         ids = np.asarray(input_feed["input_ids"])
+        with f.lock:
+            f.seen.update(int(i) for i in np.unique(ids))
         f.waiting.release()
         f.open.wait(60)
         if f.hang_token is not None and bool((ids == f.hang_token).any()):
             f.unhang.wait(60)
         if f.fail_token is not None and bool((ids == f.fail_token).any()):
             raise RuntimeError(SECRET)
+        if f.exit_token is not None and bool((ids == f.exit_token).any()):
+            raise SystemExit(SECRET)  # what ends a Python thread; a Rust panic is a BaseException too
         out = self.inner.run(output_names, input_feed)
         with f.lock:
             f.rows_run += ids.shape[0]
@@ -90,6 +98,19 @@ class FaultServer(ServerThread):
         self.config = config
         self.faults = faults
         faults.reset_counts()
+
+
+@contextmanager
+def fault_server(bundle: Bundle, **overrides: Any) -> Iterator[FaultServer]:
+    """A `FaultServer` with a fresh `Faults`; on exit every gate opens (no thread stays blocked)."""
+    faults = Faults()
+    srv = FaultServer(bundle, make_config(**overrides), faults)
+    try:
+        yield srv
+    finally:
+        faults.open.set()
+        faults.unhang.set()
+        srv.stop()
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -125,12 +146,20 @@ def percentile(values: list[float], q: float) -> float:
 
 @contextmanager
 def server_process(
-    bundle: Bundle, *flags: str, timeout_s: float = 60.0
+    bundle: Bundle, *flags: str, timeout_s: float = 60.0, env: dict[str, str] | None = None
 ) -> Iterator[tuple[Any, int, list[str]]]:
-    """`streamrec-embedder serve` as a subprocess on a free port: yields (proc, port, stderr lines)."""
+    """`streamrec-embedder serve` as a subprocess on a free port: yields (proc, port, stderr lines).
+
+    `env` adds variables to this process's environment (e.g. STREAMREC_EMBEDDER_API_KEYS)."""
     cmd = [sys.executable, "-m", "embedder.cli", "serve", "--bundle", str(bundle.path)]
     cmd += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", *flags]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     lines: list[str] = []
     port: list[int] = []
 
@@ -160,3 +189,33 @@ def tally(codes: list[str]) -> dict[str, int]:
 def is_status(exc: BaseException, *codes: grpc.StatusCode) -> bool:
     code = getattr(exc, "code", None)
     return callable(code) and code() in codes
+
+
+def token_of(server: ServerThread, word: str) -> int:
+    """The id of `word`, which must be a single token of the served tokenizer (between CLS and SEP)."""
+    ids = server.running.engine.tokenizer.encode([word]).ids[0]
+    if len(ids) != 3:
+        raise AssertionError(f"{word!r} is {len(ids) - 2} tokens, not one")
+    return ids[1]
+
+
+def health_status(channel: grpc.Channel, service: str = "") -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    reply = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=10
+    )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def run_cli(*args: str) -> tuple[int, list[str], float, float]:
+    """Run the real CLI in a fresh interpreter: (exit code, stderr lines, wall s from spawn, CPU s)."""
+    cmd = [sys.executable, "-m", "embedder.cli", *args]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()  # the reason is one short line: no pipe can fill up
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall_s = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, stderr.splitlines(), wall_s, usage.ru_utime + usage.ru_stime

@@ -101,13 +101,33 @@ def test_over_max_tokens_with_truncate_false(stub: pb_grpc.EmbedderStub, referen
     expect_invalid(stub, pattern, texts=["ok", long_text], truncate=False)
 
 
-def test_dimensions_not_offered(stub: pb_grpc.EmbedderStub, reference: EmbeddingEngine) -> None:
+def test_exactly_at_the_limits_is_accepted(stub: pb_grpc.EmbedderStub) -> None:
+    texts = ["y" * (LIMITS["max_text_chars"] // 2)] * 2 + ["z"] * (LIMITS["max_texts_per_request"] - 2)
+    assert stub.Embed(pb.EmbedRequest(texts=texts), timeout=10).count == LIMITS["max_texts_per_request"]
+    one = stub.Embed(pb.EmbedRequest(texts=["w" * LIMITS["max_text_chars"]]), timeout=10)
+    assert one.count == 1
+
+
+def test_over_max_tokens_is_truncated_by_default(
+    stub: pb_grpc.EmbedderStub, reference: EmbeddingEngine
+) -> None:
+    long_text = " ".join(["music"] * 500)
+    limit = reference.manifest.max_tokens
+    for truncate in (None, True):
+        resp = stub.Embed(pb.EmbedRequest(texts=[long_text, "short"], truncate=truncate), timeout=10)
+        assert list(resp.token_counts) == [limit, 3]
+
+
+@pytest.mark.parametrize("dimensions", [100, 1, 2**32 - 1])
+def test_dimensions_not_offered(
+    stub: pb_grpc.EmbedderStub, reference: EmbeddingEngine, dimensions: int
+) -> None:
     offered = reference.allowed_dimensions()
     expect_invalid(
         stub,
-        rf"^dimensions: 100 not supported; use 0 \(full\) or one of {re.escape(str(offered))}",
+        rf"^dimensions: {dimensions} not supported; use 0 \(full\) or one of {re.escape(str(offered))}",
         texts=["x"],
-        dimensions=100,
+        dimensions=dimensions,
     )
 
 

@@ -5,6 +5,7 @@ of concurrent callers gets only OK or RESOURCE_EXHAUSTED, none hangs, server RSS
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
 import time
@@ -30,15 +31,42 @@ from tests.hardening import (
 )
 from tests.support import ServerThread, make_config, sample_texts
 
-REJECT_P99_S = 0.050
+REJECT_S = 0.050
+CALLERS = 4
+REFUSED_CALLS = 400
+
+
+def _refused_in(stub: pb_grpc.EmbedderStub) -> tuple[str, float]:
+    started = time.perf_counter()
+    try:
+        stub.Embed(pb.EmbedRequest(texts=["one more"]), timeout=5)
+        return "OK", time.perf_counter() - started
+    except grpc.RpcError as exc:
+        return code_of(exc), time.perf_counter() - started
+
+
+def _served_within(url: str, bound_s: float) -> float:
+    """Embed calls the server finished within `bound_s` (handler start to status), from its histogram."""
+    return sample(url, "streamrec_embedder_request_latency_seconds_bucket", method="Embed", le=str(bound_s))
 
 
 def test_beyond_the_queue_bound_calls_are_refused_within_50ms(bundle: Bundle) -> None:
+    """Measured as a caller sees it, by a few callers, while the only worker is held and the queue full.
+
+    Where the time went in an earlier version (16 callers, p99 ~200 ms on a busy machine): the server
+    runs in this process, so the client threads share its GIL, and (1) with 16 closed-loop callers the
+    latency is the test's own queueing (callers / refusals per second: ~10 ms p50) while the server's
+    handler takes ~0.3 ms per refusal; (2) the ~0.23 s outliers were full (generation 2) garbage
+    collections of this process's heap, which holds torch from the bundle fixture: 200-330 ms each,
+    stalling every thread at once. `serve()` freezes its start-up heap (`gc.freeze()`), so the test does
+    the same. The median and the 95th percentile stay robust to a scheduler stall of this niced process
+    on a busy machine; the server-side histogram checks every single refusal.
+    """
     faults = Faults()
     srv = FaultServer(bundle, make_config(workers=1, max_queued_items=32, max_texts_per_request=8), faults)
     faults.open.clear()  # after the warm-up: the only worker now blocks until the test opens the gate
     try:
-        with grpc.insecure_channel(srv.address) as ch, ThreadPoolExecutor(16) as pool:
+        with grpc.insecure_channel(srv.address) as ch, ThreadPoolExecutor(8) as pool:
             stub = pb_grpc.EmbedderStub(ch)
             first = pool.submit(stub.Embed, pb.EmbedRequest(texts=sample_texts(8, seed=1)), timeout=60)
             assert faults.waiting.acquire(timeout=10)  # taken by the worker, which is now blocked
@@ -48,28 +76,31 @@ def test_beyond_the_queue_bound_calls_are_refused_within_50ms(bundle: Bundle) ->
             ]
             queued = "streamrec_embedder_queue_items"
             wait_until(lambda: sample(srv.metrics_url, queued) == 32, what="a full queue")
-
-            def refused_in() -> tuple[str, float]:
-                started = time.perf_counter()
-                try:
-                    stub.Embed(pb.EmbedRequest(texts=["one more"]), timeout=5)
-                    return "OK", time.perf_counter() - started
-                except grpc.RpcError as exc:
-                    return code_of(exc), time.perf_counter() - started
-
-            outcomes = list(pool.map(lambda _: refused_in(), range(400)))
+            within_before = _served_within(srv.metrics_url, REJECT_S)
+            gc.freeze()  # as `serve()` does after start-up (see the docstring)
+            try:
+                with ThreadPoolExecutor(CALLERS) as callers:
+                    outcomes = list(callers.map(lambda _: _refused_in(stub), range(REFUSED_CALLS)))
+            finally:
+                gc.unfreeze()
+            server_fast = _served_within(srv.metrics_url, REJECT_S) - within_before
             faults.open.set()
             assert [f.result(timeout=30).count for f in [first, *accepted]] == [8] * 5
     finally:
         faults.open.set()
         srv.stop()
-    assert tally([c for c, _ in outcomes]) == {"RESOURCE_EXHAUSTED": 400}
+    assert tally([c for c, _ in outcomes]) == {"RESOURCE_EXHAUSTED": REFUSED_CALLS}
     latencies = [s for _, s in outcomes]
-    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
     print(
-        f"\nrejection latency (16 concurrent callers, 400 calls): p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms"
+        f"\nrejection latency seen by {CALLERS} concurrent callers, {REFUSED_CALLS} calls: "
+        f"p50 {p50 * 1e3:.2f} ms, p95 {p95 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
+        f"max {max(latencies) * 1e3:.2f} ms; {sum(s > REJECT_S for s in latencies)} over 50 ms; "
+        f"server-side within 50 ms: {server_fast:.0f}/{REFUSED_CALLS}"
     )
-    assert p99 < REJECT_P99_S, latencies
+    assert server_fast == REFUSED_CALLS  # every refusal left the handler within 50 ms
+    assert p50 < REJECT_S / 5, latencies
+    assert p95 < REJECT_S, latencies
 
 
 def test_concurrent_rpc_cap_refuses_extra_calls(start_server: Callable[..., ServerThread]) -> None:
@@ -132,7 +163,8 @@ def _sample_rss(pid: int, stop: threading.Event, rss: list[int]) -> None:
 
 
 def run_crowd(bundle: Bundle, callers: int, duration_s: float) -> None:
-    flags = ["--max-queued-items", "256", "--max-texts-per-request", "64", "--grace-period-s", "5"]
+    # A small queue bound: overload must happen even when this (niced) client process is slow.
+    flags = ["--max-queued-items", "64", "--max-texts-per-request", "64", "--grace-period-s", "5"]
     with server_process(bundle, *flags) as (proc, port, _lines):
         rss: list[int] = []
         stop = threading.Event()
@@ -151,7 +183,8 @@ def run_crowd(bundle: Bundle, callers: int, duration_s: float) -> None:
     print(
         f"\n{callers} callers x {duration_s:.0f}s: {len(outcomes)} calls in {elapsed:.1f}s, {codes}; "
         f"OK p50 {percentile(ok, 50) * 1e3:.1f} ms p99 {percentile(ok, 99) * 1e3:.1f} ms; "
-        f"rejection p50 {percentile(rejected, 50) * 1e3:.1f} ms p99 {percentile(rejected, 99) * 1e3:.1f} ms; "
+        f"rejection (seen through the crowd's own event loop) p50 {percentile(rejected, 50) * 1e3:.1f} ms "
+        f"p99 {percentile(rejected, 99) * 1e3:.1f} ms; "
         f"RSS at 1 s {warm / 2**20:.0f} MiB, peak {max(rss) / 2**20:.0f} MiB"
     )
     assert hung == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import re
 import signal
@@ -22,6 +24,7 @@ from embedder.client import decode
 from embedder.engine import EmbeddingEngine
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from tests.hardening import server_process, tally
 from tests.support import ServerThread, embed_reference, sample_texts
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -119,3 +122,92 @@ def test_open_stream_is_ended_with_unavailable_on_drain(start_server: Callable[.
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         outbox.put(None)
         stopping.result(timeout=10)
+
+
+DRAIN_CALLERS = 64
+GRACE_S = 10.0
+Outcome = tuple[str, float, float, str]  # (status name, call started, call ended, details)
+
+
+async def _drain_caller(
+    stub: pb_grpc.EmbedderStub, texts: list[str], signalled: list[float], out: list[Outcome]
+) -> None:
+    """Call until refused. OK means every text came back; an error before the signal ends the caller."""
+    while True:
+        started = time.monotonic()
+        try:
+            resp = await stub.Embed(pb.EmbedRequest(texts=texts), timeout=30)
+            out.append(("OK" if resp.count == len(texts) else "SHORT", started, time.monotonic(), ""))
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            out.append((code.name, started, time.monotonic(), exc.details() or ""))  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.UNAVAILABLE or not signalled:
+                return
+
+
+def _exit_time(proc: subprocess.Popen[str]) -> float:
+    proc.wait(GRACE_S + 20)
+    return time.monotonic()
+
+
+async def _load_then_sigterm(
+    proc: subprocess.Popen[str], port: int
+) -> tuple[list[Outcome], float, list[str], float]:
+    """Callers busy for 2 s, then SIGTERM. Returns outcomes, signal time, health statuses, exit time."""
+    address = f"127.0.0.1:{port}"
+    texts = sample_texts(16, seed=3)
+    out: list[Outcome] = []
+    signalled: list[float] = []
+    async with grpc.aio.insecure_channel(address) as ch, grpc.aio.insecure_channel(address) as watch_ch:
+        stub = pb_grpc.EmbedderStub(ch)
+        watch = health_pb2_grpc.HealthStub(watch_ch).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        statuses = [(await watch.read()).status]
+        callers = [
+            asyncio.create_task(_drain_caller(stub, texts, signalled, out)) for _ in range(DRAIN_CALLERS)
+        ]
+        await asyncio.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        signalled.append(time.monotonic())
+        exited = asyncio.create_task(asyncio.to_thread(_exit_time, proc))
+        with contextlib.suppress(grpc.RpcError):
+            statuses.append((await watch.read()).status)
+        _done, pending = await asyncio.wait(callers, timeout=GRACE_S + 20)
+        assert not pending, f"{len(pending)} callers hung"
+        exited_at = await exited
+    names = [health_pb2.HealthCheckResponse.ServingStatus.Name(s) for s in statuses]
+    return out, signalled[0], names, exited_at
+
+
+def _served(lines: list[str]) -> dict[tuple[str, str], int]:
+    """The server's own count of answered calls, from its last log line ("requests served: ...")."""
+    summary = [line.split("requests served:")[1] for line in lines if "requests served:" in line]
+    assert summary, "".join(lines)
+    return {(m, c): int(n) for m, c, n in re.findall(r"(\w+) (\w+)=(\d+)", summary[-1])}
+
+
+def test_sigterm_under_load_loses_no_accepted_call(bundle: Bundle) -> None:
+    """64 callers keep a server busy; SIGTERM: health NOT_SERVING, new calls UNAVAILABLE, every call the
+    server accepted completes (the client's OK count equals the server's), exit 0 within the grace."""
+    flags = ["--workers", "1", "--max-batch-items", "16", "--grace-period-s", str(GRACE_S)]
+    with server_process(bundle, *flags) as (proc, port, lines):
+        out, signalled_at, statuses, exited_at = asyncio.run(_load_then_sigterm(proc, port))
+        assert proc.returncode == 0
+    codes = tally([c for c, _, _, _ in out])
+    served = _served(lines)
+    lost = served.get(("Embed", "OK"), 0) - codes.get("OK", 0)
+    # Accepted before the signal, answered after it: the drain waited for these.
+    in_flight = sum(1 for c, start, end, _ in out if c == "OK" and start < signalled_at < end)
+    refused = sum(1 for c, _, _, d in out if c == "UNAVAILABLE" and "shutting down" in d)
+    exit_s = exited_at - signalled_at
+    print(
+        f"\nSIGTERM under load ({DRAIN_CALLERS} callers): {len(out)} calls, {codes}; server counted "
+        f"{served}; in flight at the signal and completed {in_flight}; refused by the draining service "
+        f"{refused}; lost {lost}; health {statuses}; exit 0 after {exit_s:.2f}s (grace {GRACE_S:.0f}s)"
+    )
+    assert statuses == ["SERVING", "NOT_SERVING"]
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes  # nothing cut off: no CANCELLED, INTERNAL, SHORT
+    assert codes.get("UNAVAILABLE", 0) == refused == DRAIN_CALLERS  # each stopped at its first refusal
+    assert lost == 0, (served, codes)  # every call the server answered OK reached its caller
+    assert served == {("Embed", "OK"): codes["OK"], ("Embed", "UNAVAILABLE"): refused}  # none cancelled
+    assert in_flight > 0
+    assert exit_s < GRACE_S, exit_s

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedder.batcher import BatchLimits, DynamicBatcher
+from embedder.batcher import BatchLimits, BatchResult, DynamicBatcher
 from embedder.errors import DeadlineExceededError, InferenceError, OverloadedError, ShuttingDownError
 
 DIM = 2
@@ -242,7 +242,7 @@ def test_queue_bound_rejects_at_once() -> None:
     run(body)
 
 
-def test_inference_error_reaches_every_caller_in_the_batch() -> None:
+def test_inference_error_fails_only_the_request_that_caused_it() -> None:
     async def body() -> None:
         model = FakeModel()
         model.fail_on = lambda batch: any(r[0] == 666 for r in batch)
@@ -255,8 +255,14 @@ def test_inference_error_reaches_every_caller_in_the_batch() -> None:
             batcher.submit(rows(10, 3), announced=True),
             return_exceptions=True,
         )
-        assert all(isinstance(o, InferenceError) for o in outcomes)
-        assert "boom" not in str(outcomes[0])  # the model's own message stays in the log
+        # One merged batch failed; each request was re-run alone and only the poisoned one failed.
+        assert len(model.batches[0]) == 6 and len(model.batches) == 4
+        assert isinstance(outcomes[1], InferenceError)
+        assert "boom" not in str(outcomes[1])  # the model's own message stays in the log
+        first, third = outcomes[0], outcomes[2]
+        assert isinstance(first, BatchResult) and isinstance(third, BatchResult)
+        assert first.embeddings[:, 0].tolist() == [0, 1]
+        assert third.embeddings[:, 0].tolist() == [10, 11, 12]
         ok = await batcher.submit(rows(20, 2))  # the batcher survives a failed batch
         assert ok.embeddings[:, 0].tolist() == [20, 21]
         await batcher.close()

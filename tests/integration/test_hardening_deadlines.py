@@ -1,0 +1,114 @@
+"""Deadlines and cancellation: work whose caller is out of time or gone is dropped before inference and
+counted in `streamrec_embedder_dropped_items_total{reason}`.
+
+Deterministic through the fault seam: the one worker is held at a gate while the doomed request waits
+in the queue; the gate opens only once the server has seen the deadline pass or the cancel arrive. The
+model must never see the doomed texts (their marker token), and the metric must count every one of them.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from embedder.bundle import Bundle
+from embedder.v1 import embedder_pb2 as pb
+from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from tests.hardening import FaultServer, fault_server, sample, token_of, wait_until
+
+QUEUED = "streamrec_embedder_queue_items"
+DROPPED = "streamrec_embedder_dropped_items_total"
+REQUESTS = "streamrec_embedder_requests_total"
+MARKER = "avalanche"  # one token; only the doomed texts carry it
+DOOMED = [f"{MARKER} number {i}" for i in range(5)]
+Held = tuple[FaultServer, pb_grpc.EmbedderStub, "Future[pb.EmbedResponse]"]
+
+
+@pytest.fixture
+def held(bundle: Bundle) -> Iterator[Held]:
+    """A one-worker server whose worker is busy (held at the gate) with a first call."""
+    with fault_server(bundle, workers=1) as srv, grpc.insecure_channel(srv.address) as ch:
+        stub = pb_grpc.EmbedderStub(ch)
+        srv.faults.open.clear()
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(stub.Embed, pb.EmbedRequest(texts=["holds the worker"]), timeout=60)
+            assert srv.faults.waiting.acquire(timeout=10)
+            yield srv, stub, first
+
+
+def queued(srv: FaultServer, n: int) -> None:
+    wait_until(lambda: sample(srv.metrics_url, QUEUED) == n, what=f"{n} queued texts")
+
+
+def release_and_check(srv: FaultServer, first: Future[pb.EmbedResponse], reason: str) -> None:
+    """Open the gate; the doomed texts are dropped (counted under `reason`) and never reach the model."""
+    srv.faults.open.set()
+    assert first.result(timeout=30).count == 1
+    wait_until(lambda: sample(srv.metrics_url, DROPPED, reason=reason) == len(DOOMED), what="the drop")
+    assert sample(srv.metrics_url, QUEUED) == 0
+    stub = pb_grpc.EmbedderStub(grpc.insecure_channel(srv.address))
+    assert stub.Embed(pb.EmbedRequest(texts=["after the drop"]), timeout=10).count == 1
+    assert token_of(srv, MARKER) not in srv.faults.seen
+    assert srv.faults.rows_run == 2  # the first call and the one after the drop, nothing else
+    other = {"deadline", "cancelled", "failed", "shutdown"} - {reason}
+    assert all(sample(srv.metrics_url, DROPPED, reason=r) == 0 for r in other)
+
+
+def test_unary_deadline_passed_in_the_queue(held: Held) -> None:
+    srv, stub, first = held
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Embed(pb.EmbedRequest(texts=DOOMED), timeout=0.5)  # waits in the queue past its deadline
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    queued(srv, len(DOOMED))
+    wait_until(lambda: sample(srv.metrics_url, REQUESTS, method="Embed", code="CANCELLED") == 1)
+    release_and_check(srv, first, "deadline")
+
+
+def test_unary_cancelled_by_the_caller(held: Held) -> None:
+    srv, stub, first = held
+    call = stub.Embed.future(pb.EmbedRequest(texts=DOOMED), timeout=60)
+    queued(srv, len(DOOMED))
+    assert call.cancel()
+    wait_until(lambda: sample(srv.metrics_url, REQUESTS, method="Embed", code="CANCELLED") == 1)
+    release_and_check(srv, first, "cancelled")
+
+
+def _stream(
+    stub: pb_grpc.EmbedderStub, timeout_s: float
+) -> tuple[grpc.Future, queue.Queue[pb.EmbedRequest | None]]:  # type: ignore[type-arg]
+    outbox: queue.Queue[pb.EmbedRequest | None] = queue.Queue()
+
+    def requests() -> Iterator[pb.EmbedRequest]:
+        while (message := outbox.get()) is not None:
+            yield message
+
+    responses = stub.EmbedStream(requests(), timeout=timeout_s)
+    outbox.put(pb.EmbedRequest(texts=DOOMED[:2], request_id="a"))
+    outbox.put(pb.EmbedRequest(texts=DOOMED[2:], request_id="b"))
+    return responses, outbox
+
+
+def test_stream_cancelled_by_the_caller(held: Held) -> None:
+    srv, stub, first = held
+    responses, outbox = _stream(stub, 60)
+    queued(srv, len(DOOMED))
+    responses.cancel()  # type: ignore[attr-defined]
+    outbox.put(None)
+    wait_until(lambda: sample(srv.metrics_url, REQUESTS, method="EmbedStream", code="CANCELLED") == 2)
+    release_and_check(srv, first, "cancelled")
+
+
+def test_stream_deadline_passed_in_the_queue(held: Held) -> None:
+    srv, stub, first = held
+    responses, outbox = _stream(stub, 0.5)
+    with pytest.raises(grpc.RpcError) as info:
+        next(responses)  # type: ignore[call-overload]
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    outbox.put(None)
+    queued(srv, len(DOOMED))
+    wait_until(lambda: sample(srv.metrics_url, REQUESTS, method="EmbedStream", code="CANCELLED") == 2)
+    release_and_check(srv, first, "deadline")
