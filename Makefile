@@ -18,11 +18,12 @@ $(VENV)/.serve: pyproject.toml
 	$(PY) -m pip install -q -e '.[serve]'
 	touch $@
 
-# Everything (training, benchmarks, dev tools). torch goes first so nothing resolves a CUDA build.
+# Everything (training, benchmarks, dev tools, Ray for the bulk tests: ~+400 MB, ~20 s). torch goes first
+# so nothing resolves a CUDA build.
 $(VENV)/.dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[serve,train,bench,dev]'
+	$(PY) -m pip install -q -e '.[serve,train,bench,dev,ray]'
 	touch $@ $(VENV)/.serve
 
 run: $(VENV)/.serve  ## serve the committed default model (gRPC :50051, metrics :9000)

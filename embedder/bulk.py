@@ -19,33 +19,38 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import grpc
 import numpy as np
-import numpy.typing as npt
 from tqdm import tqdm
 
+from embedder.bulk_files import (
+    BulkError,
+    FloatArray,
+    atomic_write,
+    check_output_path,
+    count_rows,
+    open_catalogue,
+    parse_line,
+    write_output,
+)
 from embedder.bundle import load_bundle
 from embedder.client import ClientOptions, EmbedderClient
 from embedder.config import ServerConfig
 from embedder.engine import EmbeddingEngine, EmbedOptions
 from embedder.errors import EmbedderError
 
-FloatArray = npt.NDArray[np.float32]
+__all__ = ["BulkError", "BulkOptions", "BulkReport", "LocalEmbedder", "RemoteEmbedder", "embed_file"]
 JOB_FORMAT = 1
 JOB_FILE = "job.json"
-
-
-class BulkError(EmbedderError):
-    """Bad input line, unusable output path, or parts left by a job with other settings."""
 
 
 @dataclass(frozen=True)
@@ -89,15 +94,25 @@ class BatchEmbedder(Protocol):
     def close(self) -> None: ...
 
 
-def clip(texts: Iterable[str], max_chars: int, truncate: bool) -> list[str]:
+def clip(texts: Sequence[str], max_chars: int, truncate: bool) -> list[str]:
     """With truncation on, cut texts to the server's character limit: far past max_tokens, so no change."""
     return [t[:max_chars] for t in texts] if truncate else list(texts)
+
+
+def check_batch_items(options: BulkOptions, config: ServerConfig) -> None:
+    """In-process batches go to the engine whole, so they obey the server's per-request limit."""
+    if not 0 < options.batch_items <= config.max_texts_per_request:
+        raise BulkError(
+            f"--batch-items must be in 1..{config.max_texts_per_request} (max_texts_per_request), "
+            f"got {options.batch_items}"
+        )
 
 
 class LocalEmbedder:
     """In-process: the serving engine's tokenizer and ONNX sessions, one batch per worker thread."""
 
     def __init__(self, config: ServerConfig, options: BulkOptions) -> None:
+        check_batch_items(options, config)
         bundle = load_bundle(config.bundle)
         self.engine = EmbeddingEngine(bundle, dataclasses.replace(config, tokenizer_threads=1))
         self._options = options
@@ -132,7 +147,11 @@ class RemoteEmbedder:
             max_attempts=8,
         )
         self.client = EmbedderClient(addresses, client_options)
-        info = self.client.model_info()
+        try:
+            info = self.client.model_info()
+        except grpc.RpcError as exc:
+            self.client.close()
+            raise _server_error(exc) from None
         self._options = options
         self._max_chars = info.limits.max_text_chars or 20000
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bulk-embed")
@@ -140,7 +159,10 @@ class RemoteEmbedder:
         self.dim = options.dimensions or info.dim
 
     def embed(self, texts: list[str]) -> FloatArray:
-        return self.client.embed(clip(texts, self._max_chars, self._options.truncate))
+        try:
+            return self.client.embed(clip(texts, self._max_chars, self._options.truncate))
+        except grpc.RpcError as exc:
+            raise _server_error(exc) from None
 
     def map(self, batches: Sequence[list[str]]) -> Iterator[FloatArray]:
         return self._pool.map(self.embed, batches)
@@ -150,71 +172,47 @@ class RemoteEmbedder:
         self.client.close()
 
 
+def _server_error(exc: grpc.RpcError) -> BulkError:
+    """The server's status as a one-line error (the client already retried what can be retried)."""
+    code, details = getattr(exc, "code", lambda: None)(), getattr(exc, "details", lambda: "")()
+    return BulkError(f"server answered {getattr(code, 'name', code)}: {details}")
+
+
 @dataclass(frozen=True)
 class Shard:
     index: int
     ids: list[str]
     texts: list[str]
+    lines: list[int]  # 1-based line number of each row, for errors
     digest: str
-
-
-def parse_line(raw: bytes, where: str, options: BulkOptions) -> tuple[str, str] | None:
-    """(id, text) of one JSONL line; None for a blank line. Ids are returned as strings."""
-    if not raw.strip():
-        return None
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        raise BulkError(f"{where}: not a JSON object") from None
-    if not isinstance(obj, dict):
-        raise BulkError(f"{where}: not a JSON object")
-    text, ident = obj.get(options.text_field), obj.get(options.id_field)
-    if not isinstance(text, str):
-        raise BulkError(f"{where}: needs a string field {options.text_field!r}")
-    if not isinstance(ident, str | int) or isinstance(ident, bool):
-        raise BulkError(f"{where}: needs a string or integer field {options.id_field!r}")
-    return str(ident), text
 
 
 def read_shards(path: Path, options: BulkOptions) -> Iterator[Shard]:
     """Shards of `shard_items` rows in file order; the digest covers the raw lines of the shard."""
     ids: list[str] = []
     texts: list[str] = []
+    lines: list[int] = []
     digest = hashlib.blake2b(digest_size=16)
     index = 0
-    with path.open("rb") as f:
+    with open_catalogue(path) as f:
         for lineno, raw in enumerate(f, start=1):
-            row = parse_line(raw, f"{path}:{lineno}", options)
+            row = parse_line(raw, f"{path}:{lineno}", options.text_field, options.id_field)
             if row is None:
                 continue
             ids.append(row[0])
             texts.append(row[1])
+            lines.append(lineno)
             digest.update(raw.rstrip(b"\r\n") + b"\n")
             if len(ids) == options.shard_items:
-                yield Shard(index, ids, texts, digest.hexdigest())
-                ids, texts, digest, index = [], [], hashlib.blake2b(digest_size=16), index + 1
+                yield Shard(index, ids, texts, lines, digest.hexdigest())
+                ids, texts, lines, index = [], [], [], index + 1
+                digest = hashlib.blake2b(digest_size=16)
     if ids:
-        yield Shard(index, ids, texts, digest.hexdigest())
-
-
-def count_rows(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(1 for raw in f if raw.strip())
+        yield Shard(index, ids, texts, lines, digest.hexdigest())
 
 
 def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
-
-
-def ids_path(out: Path) -> Path:
-    """Where the ids of a `.npy` output go: `embeddings.npy` -> `embeddings.ids.jsonl`."""
-    return out.with_name(out.stem + ".ids.jsonl")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _prepare_parts(parts: Path, job: dict[str, Any], restart: bool) -> None:
@@ -231,83 +229,54 @@ def _prepare_parts(parts: Path, job: dict[str, Any], restart: bool) -> None:
             )
         return
     parts.mkdir(parents=True, exist_ok=True)
-    _atomic_write(job_file, json.dumps(job, sort_keys=True).encode())
+    atomic_write(job_file, json.dumps(job, sort_keys=True).encode())
 
 
 def _shard_files(parts: Path, index: int) -> tuple[Path, Path]:
     return parts / f"shard-{index:06d}.npy", parts / f"shard-{index:06d}.json"
 
 
-def _is_done(parts: Path, shard: Shard) -> bool:
+def _is_done(parts: Path, shard: Shard, dim: int) -> bool:
+    """Both files there, the same input lines, and an array of the right shape (not a torn write)."""
     array_file, meta_file = _shard_files(parts, shard.index)
     if not (array_file.exists() and meta_file.exists()):
         return False
     meta = json.loads(meta_file.read_text())
-    return bool(meta.get("digest") == shard.digest and meta.get("rows") == len(shard.ids))
+    if meta.get("digest") != shard.digest or meta.get("rows") != len(shard.ids):
+        return False
+    try:
+        return bool(np.load(array_file, mmap_mode="r").shape == (len(shard.ids), dim))
+    except (OSError, ValueError):
+        return False
 
 
 def _embed_shard(
-    parts: Path, shard: Shard, embedder: BatchEmbedder, batch_items: int, bar: tqdm[Any]
+    path: Path, parts: Path, shard: Shard, embedder: BatchEmbedder, batch_items: int, *, bar: tqdm[Any]
 ) -> None:
-    batches = [shard.texts[i : i + batch_items] for i in range(0, len(shard.texts), batch_items)]
+    starts = range(0, len(shard.texts), batch_items)
+    batches = [shard.texts[i : i + batch_items] for i in starts]
     rows: list[FloatArray] = []
-    for batch, result in zip(batches, embedder.map(batches), strict=True):
-        rows.append(result)
+    results = embedder.map(batches)
+    for start, batch in zip(starts, batches, strict=True):
+        try:
+            rows.append(next(results))
+        except EmbedderError as exc:
+            first, last = shard.lines[start], shard.lines[start + len(batch) - 1]
+            raise BulkError(f"{path} lines {first}..{last} (texts[0] is line {first}): {exc}") from None
         bar.update(len(batch))
     array_file, meta_file = _shard_files(parts, shard.index)
-    tmp = array_file.with_name(array_file.stem + ".tmp.npy")
-    np.save(tmp, np.concatenate(rows).astype(np.float32, copy=False))
-    os.replace(tmp, array_file)
+    with array_file.with_name(array_file.name + ".tmp").open("wb") as f:
+        np.save(f, np.concatenate(rows).astype(np.float32, copy=False))
+    array_file.with_name(array_file.name + ".tmp").replace(array_file)
     # The sidecar is written last: it is what marks the shard as done.
     meta = {"digest": shard.digest, "rows": len(shard.ids), "ids": shard.ids}
-    _atomic_write(meta_file, json.dumps(meta).encode())
+    atomic_write(meta_file, json.dumps(meta).encode())
 
 
 def _load_shards(parts: Path, count: int) -> Iterator[tuple[list[str], FloatArray]]:
     for index in range(count):
         array_file, meta_file = _shard_files(parts, index)
         yield json.loads(meta_file.read_text())["ids"], np.load(array_file)
-
-
-def write_output(out: Path, chunks: Iterable[tuple[Sequence[str], FloatArray]], rows: int, dim: int) -> None:
-    """Write (ids, vectors) chunks in order to `out` (.npy + ids file, or .parquet), atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        _write_parquet(out, chunks, dim)
-        return
-    tmp = out.with_name(out.name + ".tmp")
-    tmp_ids = out.with_name(ids_path(out).name + ".tmp")
-    matrix = np.lib.format.open_memmap(  # type: ignore[no-untyped-call]
-        tmp, mode="w+", dtype=np.float32, shape=(rows, dim)
-    )
-    start = 0
-    with tmp_ids.open("w") as id_file:
-        for ids, vectors in chunks:
-            matrix[start : start + len(ids)] = vectors
-            start += len(ids)
-            id_file.writelines(json.dumps(i) + "\n" for i in ids)
-    matrix.flush()
-    del matrix
-    if start != rows:
-        raise BulkError(f"wrote {start} rows, expected {rows}")
-    os.replace(tmp_ids, ids_path(out))
-    os.replace(tmp, out)
-
-
-def _write_parquet(out: Path, chunks: Iterable[tuple[Sequence[str], FloatArray]], dim: int) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise BulkError("writing .parquet needs pyarrow (pip install pyarrow), or write .npy") from None
-    schema = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
-    tmp = out.with_name(out.name + ".tmp")
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for ids, vectors in chunks:
-            flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-            embedding = pa.FixedSizeListArray.from_arrays(flat, dim)
-            writer.write_table(pa.table([pa.array(list(ids), pa.string()), embedding], schema=schema))
-    os.replace(tmp, out)
 
 
 def embed_file(
@@ -321,24 +290,23 @@ def embed_file(
     progress: bool = True,
 ) -> BulkReport:
     """Embed a JSONL catalogue into `out`, reusing finished shards of an earlier run of the same job."""
-    if out.suffix not in (".npy", ".parquet"):
-        raise BulkError(f"--out must end in .npy or .parquet (got {out.name})")
+    check_output_path(out)
     if options.shard_items <= 0 or options.batch_items <= 0:
         raise BulkError("shard_items and batch_items must be > 0")
     started = time.monotonic()
+    total = count_rows(input_path)
     parts = parts_dir(out)
     job = {"format": JOB_FORMAT, "model": embedder.model, "dim": embedder.dim, **options.fingerprint()}
     _prepare_parts(parts, job, restart)
-    total = count_rows(input_path)
     shards = reused = 0
     with tqdm(total=total, unit="item", desc=input_path.name, disable=not progress, smoothing=0.1) as bar:
         for shard in read_shards(input_path, options):
             shards += 1
-            if _is_done(parts, shard):
+            if _is_done(parts, shard, embedder.dim):
                 reused += 1
                 bar.update(len(shard.ids))
                 continue
-            _embed_shard(parts, shard, embedder, options.batch_items, bar)
+            _embed_shard(input_path, parts, shard, embedder, options.batch_items, bar=bar)
     write_output(out, _load_shards(parts, shards), total, embedder.dim)
     if not keep_parts:
         shutil.rmtree(parts)
@@ -368,6 +336,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ray", action="store_true", help="run on Ray Data (extra `ray`): one ONNX session per actor"
     )
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start one here)")
+    parser.add_argument("--ray-actors", type=int, default=0, help="embedding actors (0 = one per CPU)")
 
 
 def options_from_args(args: argparse.Namespace) -> BulkOptions:
@@ -382,37 +351,57 @@ def options_from_args(args: argparse.Namespace) -> BulkOptions:
     )
 
 
+def _run_ray(config: ServerConfig, options: BulkOptions, args: argparse.Namespace) -> BulkReport:
+    if args.address:
+        raise BulkError("--ray embeds in Ray actors; it cannot be combined with --address")
+    check_batch_items(options, config)
+    try:
+        from embedder.ray_bulk import embed_file_ray
+    except ImportError:
+        raise BulkError("--ray needs the `ray` extra: pip install 'streamrec-embedder[ray]'") from None
+    return embed_file_ray(
+        args.input,
+        args.out,
+        config,
+        options,
+        address=args.ray_address,
+        actors=args.ray_actors,
+        progress=not args.no_progress,
+    )
+
+
+def _run_here(config: ServerConfig, options: BulkOptions, args: argparse.Namespace) -> BulkReport:
+    embedder: BatchEmbedder = (
+        RemoteEmbedder(args.address, options, args.concurrency)
+        if args.address
+        else LocalEmbedder(config, options)
+    )
+    try:
+        return embed_file(
+            args.input,
+            args.out,
+            embedder,
+            options,
+            restart=args.restart,
+            keep_parts=args.keep_parts,
+            progress=not args.no_progress,
+        )
+    finally:
+        embedder.close()
+
+
 def run_cli(config: ServerConfig, args: argparse.Namespace) -> int:
     """`streamrec-embedder embed-file`: in-process, through servers (--address), or on Ray (--ray)."""
     options = options_from_args(args)
-    if args.ray:
-        from embedder.ray_bulk import embed_file_ray
-
-        report = embed_file_ray(
-            args.input, args.out, config, options, address=args.ray_address, progress=not args.no_progress
-        )
-    else:
-        embedder: BatchEmbedder = (
-            RemoteEmbedder(args.address, options, args.concurrency)
-            if args.address
-            else LocalEmbedder(config, options)
-        )
-        try:
-            report = embed_file(
-                args.input,
-                args.out,
-                embedder,
-                options,
-                restart=args.restart,
-                keep_parts=args.keep_parts,
-                progress=not args.no_progress,
-            )
-        finally:
-            embedder.close()
+    open_catalogue(args.input).close()  # a wrong path is said before any model loads
+    try:
+        report = _run_ray(config, options, args) if args.ray else _run_here(config, options, args)
+    except KeyboardInterrupt:
+        kept = "a Ray job restarts whole" if args.ray else f"finished shards are in {parts_dir(args.out)}"
+        print(f"interrupted ({kept}): rerun the same command to resume", file=sys.stderr)
+        return 130
     rate = report.rows / report.seconds if report.seconds > 0 else 0.0
-    print(
-        f"{report.rows} rows x {report.dim} -> {args.out} in {report.seconds:.1f}s ({rate:.0f} items/s; "
-        f"{report.shards_reused}/{report.shards} shards reused)",
-        file=sys.stderr,
-    )
+    shards = f"; {report.shards_reused}/{report.shards} shards reused" if report.shards else ""
+    done = f"{report.rows} rows x {report.dim} -> {args.out} in {report.seconds:.1f}s"
+    print(f"{done} ({rate:.0f} items/s{shards})", file=sys.stderr)
     return 0

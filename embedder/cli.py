@@ -5,6 +5,7 @@
     streamrec-embedder info [--bundle DIR]              # manifest + server limits as JSON
     streamrec-embedder embed-file catalogue.jsonl --out embeddings.npy   # bulk, progress + resume
     streamrec-embedder health [--address 127.0.0.1:50051]  # exit 0 iff grpc.health.v1 says SERVING
+    streamrec-embedder explain "query" "item" [--html out.html]  # coloured token attribution
 
 Every config field is a flag (`--max-batch-items`), an env var (`STREAMREC_EMBEDDER_MAX_BATCH_ITEMS`)
 and a default, in that order of precedence. A bad bundle prints a one-line reason and exits 1.
@@ -25,7 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embedder import bulk
+from embedder import bulk, explain_render
 from embedder.bundle import load_bundle
 from embedder.config import ServerConfig, load_config
 from embedder.engine import EmbeddingEngine, EmbedOptions
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bulk.add_arguments(embed_file)
     _add_config_flags(embed_file)
+    explain = sub.add_parser("explain", help="why two texts are similar: coloured words, --html heatmap")
+    explain_render.add_arguments(explain)
+    _add_config_flags(explain)
     probe = sub.add_parser("health", help="ask a server's grpc.health.v1 status; exit 0 iff SERVING")
     probe.add_argument("--address", default=f"127.0.0.1:{ServerConfig.port}", help="host:port")
     probe.add_argument("--service", default="", help="service name ('' = the whole server)")
@@ -164,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_embed(config, args)
         if args.command == "embed-file":
             return bulk.run_cli(config, args)
+        if args.command == "explain":
+            return explain_render.run_cli(config, args)
         return _cmd_info(config)
     except EmbedderError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -27,10 +27,16 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
     raw = load_bundle(export_random_bundle(tmp_path_factory.mktemp("bundle-raw")))
     fields = dataclasses.asdict(raw.manifest)
-    for key in ("format_version", "sha256"):
+    for key in ("format_version", "sha256", "explain_model", "explain_sha256"):
         fields.pop(key)
     fields["matryoshka_dims"] = TEST_MATRYOSHKA_DIMS
-    return save_bundle(tmp_path_factory.mktemp("bundle"), raw.model_path, raw.tokenizer_path, **fields)
+    return save_bundle(
+        tmp_path_factory.mktemp("bundle"),
+        raw.model_path,
+        raw.tokenizer_path,
+        explain_file=raw.explain_path,
+        **fields,
+    )
 
 
 @pytest.fixture
