@@ -33,6 +33,9 @@ class ModelConfig:
     out_dim: int = 384
     static_skip: bool = True
     pad_token_id: int = 0
+    # Blocks (0-based) after which a global-context step adds a projection of the text's masked mean
+    # to every position: whole-text context for a per-text (not per-token) cost of C^2 MACs.
+    global_context: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +67,21 @@ class SeparableBlock(nn.Module):
         return torch.relu(x + h) * mask
 
 
+class GlobalContext(nn.Module):
+    """x + W·mean_t(x) at every position, then ReLU and the padding mask (starts as identity)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        if self.proj.bias is not None:
+            nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        mean = x.sum(dim=3, keepdim=True) / count  # [B, C, 1, 1]; x is zero at padding
+        return torch.relu(x + self.proj(mean)) * mask
+
+
 class CNNEncoder(nn.Module):
     """Inputs `input_ids`, `attention_mask` int64 [B, T]; output pooled embeddings float32 [B, out_dim]."""
 
@@ -77,6 +95,10 @@ class CNNEncoder(nn.Module):
             nn.Identity() if cfg.embed_dim == cfg.channels else nn.Conv2d(cfg.embed_dim, cfg.channels, 1)
         )
         self.blocks = nn.ModuleList(SeparableBlock(cfg.channels, cfg.kernel_size, d) for d in cfg.dilations)
+        bad = [i for i in cfg.global_context if not 0 <= i < len(cfg.dilations)]
+        if bad:
+            raise ValueError(f"global_context block indices {bad} out of range 0..{len(cfg.dilations) - 1}")
+        self.contexts = nn.ModuleDict({str(i): GlobalContext(cfg.channels) for i in cfg.global_context})
         pooled = cfg.channels + (cfg.embed_dim if cfg.static_skip else 0)
         self.proj = nn.Linear(pooled, cfg.out_dim)
 
@@ -90,8 +112,11 @@ class CNNEncoder(nn.Module):
         mask = attention_mask.to(torch.float32)[:, None, None, :]  # [B, 1, 1, T]
         e = self.embed(input_ids).transpose(1, 2).unsqueeze(2)  # [B, E, 1, T]
         x = e if isinstance(self.stem, nn.Identity) else self.stem(e) * mask
-        for block in self.blocks:
+        count = mask.sum(dim=3, keepdim=True).clamp(min=1)  # [B, 1, 1, 1]
+        for i, block in enumerate(self.blocks):
             x = block(x, mask)
+            if str(i) in self.contexts:
+                x = self.contexts[str(i)](x, mask, count)
         return x, e
 
     def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -119,12 +144,15 @@ def macs_per_token(cfg: ModelConfig) -> int:
     """Multiply-accumulates per token position, excluding the embedding lookup (a gather)."""
     stem = 0 if cfg.embed_dim == cfg.channels else cfg.embed_dim * cfg.channels
     block = cfg.channels * cfg.kernel_size + cfg.channels * cfg.channels
+    # Global context costs C^2 per text, not per token: not counted per token.
     return stem + block * len(cfg.dilations)
 
 
 def architecture_summary(cfg: ModelConfig) -> str:
     dil = "/".join(str(d) for d in cfg.dilations)
     skip = " + static mean-of-embeddings skip" if cfg.static_skip else ""
+    if cfg.global_context:
+        skip += f", global context after blocks {'/'.join(str(i + 1) for i in cfg.global_context)}"
     return (
         f"residual depthwise-separable 1D CNN: E={cfg.embed_dim}, {len(cfg.dilations)} blocks at "
         f"{cfg.channels} ch, k={cfg.kernel_size}, dilations {dil}, BN+ReLU, masked mean pool{skip}, "

@@ -334,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if d.main and args.stop_after != "train":
         from training.publish import publish
 
-        publish(job, model, heldout, (ev_texts, ev_targets), Path(args.out_dir or job.export.out_dir))
+        out_dir = Path(args.out_dir or job.export.out_dir)
+        publish(job, model, heldout, (ev_texts, ev_targets), out_dir, calibration_texts=train_texts[:4096])
     if d.world > 1:
         dist.destroy_process_group()
     return 0
