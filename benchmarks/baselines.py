@@ -93,17 +93,29 @@ def build_minilm_int8(fp32: Bundle, out_dir: Path) -> Bundle:
 
 
 def build_model2vec(out_dir: Path) -> Bundle:
-    """Distil a static model from the teacher with model2vec and wrap it as Gather + masked mean."""
-    from model2vec.distill import distill
+    """Distil a static model from the teacher with model2vec and wrap it as Gather + masked mean.
 
-    static = distill(model_name=str(_teacher_dir()), pca_dims=256)
+    The distilled `StaticModel` is kept in `out_dir/static` (so the wrapper can be rebuilt, and checked
+    against `StaticModel.encode`, without distilling again: that takes minutes here).
+    """
+    from model2vec import StaticModel
+
+    static_dir = out_dir / "static"
+    if not (static_dir / "config.json").is_file():
+        from model2vec.distill import distill
+
+        distill(model_name=str(_teacher_dir()), pca_dims=256).save_pretrained(str(static_dir))
+    static = StaticModel.from_pretrained(str(static_dir))
+    if static.weights is not None or static.token_mapping is not None:
+        raise ValueError("model2vec returned per-token weights or a token mapping; only plain tables wrap")
     table = np.asarray(static.embedding, dtype=np.float32)
     tok = static.tokenizer
     weights = np.ones(table.shape[0], dtype=np.float32)
-    for special in ("[CLS]", "[SEP]", "[PAD]"):
+    # model2vec pools word pieces only: no special tokens, and [UNK] is dropped (StaticModel.tokenize).
+    for special in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"):
         idx = tok.token_to_id(special)
         if idx is not None and idx < len(weights):
-            weights[idx] = 0.0  # model2vec pools word pieces only
+            weights[idx] = 0.0
     out_dir.mkdir(parents=True, exist_ok=True)
     _static_onnx(table, weights, out_dir / "model.onnx")
     tok_path = _clean_tokenizer(tok, out_dir / "tokenizer.json")

@@ -5,6 +5,7 @@ streamrec-bench --quick            the same pipeline in < 2 min (a smoke test; `
 streamrec-bench --models cnn,minilm-fp32 --bundle DIR --rounds 2 --run-id NAME --out-dir DIR
 streamrec-bench --resume RUN_ID    finish an interrupted run (finished phases are kept)
 streamrec-bench serving --bundle models/streamrec-cnn-v1 [--rounds 2] [--seconds 5] [--out FILE.json]
+streamrec-bench baselines [--rebuild]   build the MiniLM fp32/int8 and model2vec bundles into the cache
 
 Add a subcommand by writing `_add_<name>(sub)` and listing it in SUBCOMMANDS.
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 
 DEFAULT_BUNDLE = "models/streamrec-cnn-v1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# --quick runs are smoke tests, not results to commit: they go to the (git-ignored) cache by default.
+QUICK_RESULTS_DIR = Path(__file__).resolve().parent / ".cache" / "results"
 
 
 def _run_serving(args: argparse.Namespace) -> int:
@@ -47,12 +50,30 @@ def _add_serving(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(run=_run_serving)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [_add_serving]
+def _run_baselines(args: argparse.Namespace) -> int:
+    from benchmarks.baselines import BASELINES, DEFAULT_CACHE, ensure_baseline
+
+    for name in BASELINES:
+        print(f"{name}: {ensure_baseline(name, DEFAULT_CACHE, rebuild=args.rebuild)}", flush=True)
+    return 0
+
+
+def _add_baselines(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("baselines", help="build (or check) the cached baseline bundles ahead of a run")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even when a valid bundle is cached")
+    p.set_defaults(run=_run_baselines)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_serving,
+    _add_baselines,
+]
 
 
 def _run_suite(args: argparse.Namespace) -> int:
+    from benchmarks.config import SuiteConfig
     from benchmarks.models import DEFAULT_MODELS, resolve_models  # lazy: keeps `--help` fast
-    from benchmarks.suite import SuiteConfig, run_suite
+    from benchmarks.suite import run_suite
 
     cfg = SuiteConfig.quick_preset() if args.quick else SuiteConfig()
     if args.rounds is not None:
@@ -61,7 +82,8 @@ def _run_suite(args: argparse.Namespace) -> int:
         cfg = cfg.scaled(args.time_scale)
     keys = args.models.split(",") if args.models else list(DEFAULT_MODELS)
     run_id = args.resume or args.run_id or time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
-    run_dir = Path(args.out_dir) / run_id
+    out_dir = args.out_dir or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)
+    run_dir = Path(out_dir) / run_id
     if run_dir.exists() and not args.resume and (run_dir / "results.json").exists():
         print(f"{run_dir} already holds a finished run; pick another --run-id", file=sys.stderr)
         return 2
@@ -73,7 +95,10 @@ def _run_suite(args: argparse.Namespace) -> int:
         return 1
     for key, why in skipped.items():
         print(f"skipping {key}: {why}", file=sys.stderr)
-    run_suite(cfg, models, skipped, run_dir)
+    from benchmarks.report import console_summary
+
+    results = run_suite(cfg, models, skipped, run_dir)
+    print(console_summary(results))
     print(f"report: {run_dir / 'report.md'}")
     return 0
 
@@ -91,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--bundle", help=f"the CNN bundle (default {DEFAULT_BUNDLE}; a random-weight one if absent)"
     )
-    parser.add_argument("--out-dir", default=str(RESULTS_DIR), help="parent of the run directory")
+    parser.add_argument(
+        "--out-dir",
+        help="parent of the run directory (default benchmarks/results; --quick: benchmarks/.cache/results)",
+    )
     parser.add_argument("--run-id", help="run directory name (default: UTC-ish timestamp)")
     parser.add_argument("--resume", metavar="RUN_ID", help="continue this unfinished run in --out-dir")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per cell (default 3; 1 with --quick)")

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.loadgen import LoadResult, run_closed
+from benchmarks.loadgen import LoadResult, Window, run_closed
 from embedder.bundle import load_bundle
 from embedder.config import load_config
 from embedder.engine import EmbeddingEngine, EmbedOptions
@@ -27,8 +27,7 @@ async def closed_loop_engine(
     engine: EmbeddingEngine,
     requests: Sequence[list[str]],
     concurrency: int,
-    duration_s: float,
-    warmup_s: float,
+    window: Window,
 ) -> LoadResult:
     """`concurrency` callers awaiting `engine.embed` back to back (see `loadgen.run_closed`); the CPU per
     item is this whole process's. The engine must have been started (`engine.start()`) on this loop."""
@@ -39,4 +38,4 @@ async def closed_loop_engine(
         await engine.embed(texts, options)
         return len(texts)
 
-    return await run_closed(call, concurrency, duration_s, warmup_s, mode="in-process", cpu_pid=os.getpid())
+    return await run_closed(call, concurrency, window, mode="in-process", cpu_pid=os.getpid())

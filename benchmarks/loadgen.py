@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import itertools
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,6 +68,8 @@ class LoadResult:
     quantiles_ms: list[float] = field(default_factory=list)
     # CPU ms per item of the process named by `cpu_pid` (the server, or this process), if asked.
     cpu_ms_per_item: float | None = None
+    # CPU ms per item of this (the load-generating) process, when `cpu_pid` is another process.
+    client_cpu_ms_per_item: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,8 +98,27 @@ def summarize(
     )
 
 
-class _Window:
+@dataclass(frozen=True)
+class Window:
+    """What a closed-loop run measures, after a warm-up of at least `warmup_s` that lasts until every
+    caller has completed one request (on a slow model with many callers that takes seconds).
+
+    The window runs from one completion to another, at least `seconds` long and holding at least
+    `min_requests` completions, at most `max_seconds`. Time alone is not enough: a 1-second window
+    on MiniLM with 64 callers holds one or two requests, and the rate would be mostly rounding.
+    """
+
+    seconds: float = 5.0
+    warmup_s: float = 1.0
+    min_requests: int = 1
+    max_seconds: float = 60.0
+    max_warmup_s: float = 60.0
+
+
+class _Completions:
     """Completions of a closed loop, and when every caller has finished one request (steady state)."""
+
+    POLL_S = 0.005
 
     def __init__(self, concurrency: int) -> None:
         self.pending = set(range(concurrency))
@@ -108,11 +130,39 @@ class _Window:
         await asyncio.sleep(min_s)
         deadline = time.perf_counter() + max(0.0, max_s - min_s)
         while self.pending and time.perf_counter() < deadline:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(self.POLL_S)
+
+    async def window(self, spec: Window) -> tuple[float, float]:
+        """[start, end) of the measured window.
+
+        Replies come in bursts (a batch answers several requests at once), so the window must not
+        start and end on the same phase of a burst: it opens on the first reply after the warm-up (the
+        first of a burst) and closes on the first reply at least `seconds` later once it holds
+        `min_requests` replies (a random phase of a burst), counting [start, end). If `max_seconds`
+        pass first, it closes then (a random phase too). A server that sends nothing for
+        `max_seconds + max_warmup_s` ends it empty (0 items/s).
+        """
+        first = len(self.done)
+        hard_stop = time.perf_counter() + spec.max_seconds + spec.max_warmup_s
+        while len(self.done) == first:
+            if time.perf_counter() > hard_stop:
+                return hard_stop - spec.max_seconds, time.perf_counter()
+            await asyncio.sleep(self.POLL_S)
+        start = self.done[first][0]
+        j = first + 1
+        while True:
+            while j < len(self.done):
+                if j - first >= spec.min_requests and self.done[j][0] - start >= spec.seconds:
+                    return start, self.done[j][0]
+                j += 1
+            now = time.perf_counter()
+            if (now - start >= spec.max_seconds and j > first + 1) or now > hard_stop:
+                return start, now
+            await asyncio.sleep(self.POLL_S)
 
     def result(self, mode: str, concurrency: int, start: float, end: float) -> LoadResult:
-        inside = [(lat, n) for t, lat, n in self.done if start <= t <= end]
-        errors = sum(1 for t in self.failed if start <= t <= end)
+        inside = [(lat, n) for t, lat, n in self.done if start <= t < end]
+        errors = sum(1 for t in self.failed if start <= t < end)
         items = sum(n for _, n in inside)
         return summarize(
             mode, concurrency, [lat for lat, _ in inside], items=items, errors=errors, seconds=end - start
@@ -122,22 +172,17 @@ class _Window:
 async def run_closed(
     call: Callable[[int], Awaitable[int]],
     concurrency: int,
-    duration_s: float,
-    warmup_s: float,
+    window: Window,
     *,
     mode: str = "closed",
     cpu_pid: int | None = None,
-    max_warmup_s: float = 60.0,
 ) -> LoadResult:
-    """`concurrency` callers, each running `call(k)` (k = its k-th request; returns items) back to back.
-
-    Measured: the requests that complete within a `duration_s` window that opens once every caller has
-    completed one request (at least `warmup_s` after the start): with many callers on a slow model the
-    first responses take seconds, and a window opening earlier would see the start-up, not the steady
-    state. At the window's end the callers are cancelled (no drain) and, when `cpu_pid` is given, its
-    CPU time over the window is reported per item and the run returns only once it has gone idle.
+    """`concurrency` callers, each running `call(k)` (k = its k-th request; returns items) back to back,
+    measured over `window` (see `Window`). At the window's end the callers are cancelled (no drain) and,
+    when `cpu_pid` is given, its CPU time over the window is reported per item and the run returns
+    only once that process has gone idle.
     """
-    window = _Window(concurrency)
+    done = _Completions(concurrency)
 
     async def caller(i: int) -> None:
         for k in itertools.count(i, concurrency):
@@ -145,25 +190,29 @@ async def run_closed(
             try:
                 items = await call(k)
             except Exception:  # an error reply is a measured outcome, not a crash of the benchmark
-                window.failed.append(time.perf_counter())
+                done.failed.append(time.perf_counter())
                 continue
             t1 = time.perf_counter()
-            window.done.append((t1, t1 - t0, items))
-            window.pending.discard(i)
+            done.done.append((t1, t1 - t0, items))
+            done.pending.discard(i)
 
     tasks = [asyncio.create_task(caller(i)) for i in range(concurrency)]
     try:
-        await window.steady(warmup_s, max_warmup_s)
-        cpu0, start = (_cpu_s(cpu_pid) if cpu_pid else 0.0), time.perf_counter()
-        await asyncio.sleep(duration_s)
-        cpu1, end = (_cpu_s(cpu_pid) if cpu_pid else 0.0), time.perf_counter()
+        await done.steady(window.warmup_s, window.max_warmup_s)
+        cpu0, own0 = (_cpu_s(cpu_pid) if cpu_pid else 0.0), _cpu_s(os.getpid())
+        start, end = await done.window(window)
+        cpu1, own1 = (_cpu_s(cpu_pid) if cpu_pid else 0.0), _cpu_s(os.getpid())
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    result = window.result(mode, concurrency, start, end)
+    result = done.result(mode, concurrency, start, end)
     if cpu_pid:
-        result = replace(result, cpu_ms_per_item=round((cpu1 - cpu0) * 1000.0 / max(1, result.items), 4))
+        if result.items:  # no items, no CPU per item (None, not CPU / 1)
+            per_item = 1000.0 / result.items
+            client = round((own1 - own0) * per_item, 4) if cpu_pid != os.getpid() else None
+            server = round((cpu1 - cpu0) * per_item, 4)
+            result = replace(result, cpu_ms_per_item=server, client_cpu_ms_per_item=client)
         await asyncio.to_thread(wait_idle, cpu_pid)
     return result
 
@@ -187,13 +236,7 @@ def wait_idle(pid: int, busy_below: float = 0.15, step_s: float = 0.1, max_s: fl
 
 
 async def _closed_loop(
-    address: str,
-    requests: Sequence[list[str]],
-    concurrency: int,
-    duration_s: float,
-    warmup_s: float,
-    *,
-    cpu_pid: int | None,
+    address: str, requests: Sequence[list[str]], concurrency: int, window: Window, *, cpu_pid: int | None
 ) -> LoadResult:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
@@ -204,15 +247,14 @@ async def _closed_loop(
             np.frombuffer(resp.embeddings, dtype="<f4")  # what a real caller does with the bytes
             return int(resp.count)
 
-        return await run_closed(call, concurrency, duration_s, warmup_s, cpu_pid=cpu_pid)
+        return await run_closed(call, concurrency, window, cpu_pid=cpu_pid)
 
 
 def closed_loop(
     address: str,
     requests: Sequence[list[str]],
     concurrency: int,
-    duration_s: float = 5.0,
-    warmup_s: float = 1.0,
+    window: Window,
     *,
     cpu_pid: int | None = None,
 ) -> LoadResult:
@@ -220,7 +262,7 @@ def closed_loop(
 
     `cpu_pid` (the server's pid): report its CPU ms per item and wait for it to go idle afterwards.
     """
-    return asyncio.run(_closed_loop(address, requests, concurrency, duration_s, warmup_s, cpu_pid=cpu_pid))
+    return asyncio.run(_closed_loop(address, requests, concurrency, window, cpu_pid=cpu_pid))
 
 
 async def _open_loop(
@@ -270,19 +312,30 @@ def open_loop(
 
 
 def single_caller_latency(
-    address: str, texts: Sequence[str], calls: int = 2000, warmup: int = 100
+    address: str,
+    texts: Sequence[str],
+    *,
+    seconds: float = 0.0,
+    min_calls: int = 2000,
+    max_calls: int = 100_000,
+    warmup: int = 50,
 ) -> LoadResult:
-    """One caller, one text per call, blocking stub: the latency a lone ranking request sees."""
+    """One caller, one text per call, blocking stub: the latency a lone ranking request sees.
+
+    Runs for `seconds` and at least `min_calls` calls, at most `max_calls` (a slow model would take
+    minutes for a fixed count, a fast one too few samples for a p99 in a fixed time).
+    """
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
         messages = [pb.EmbedRequest(texts=[t]) for t in texts]
         for i in range(warmup):
             stub.Embed(messages[i % len(messages)], timeout=30)
-        latencies = []
-        t_start = time.monotonic()
-        for i in range(calls):
+        latencies: list[float] = []
+        t_start = time.perf_counter()
+        stop_at = t_start + seconds
+        while len(latencies) < max_calls and (len(latencies) < min_calls or time.perf_counter() < stop_at):
             t0 = time.perf_counter()
-            stub.Embed(messages[i % len(messages)], timeout=30)
+            stub.Embed(messages[len(latencies) % len(messages)], timeout=30)
             latencies.append(time.perf_counter() - t0)
-        seconds = time.monotonic() - t_start
-    return summarize("single", 1, latencies, items=calls, errors=0, seconds=seconds)
+        elapsed = time.perf_counter() - t_start
+    return summarize("single", 1, latencies, items=len(latencies), errors=0, seconds=elapsed)

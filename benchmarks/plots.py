@@ -17,6 +17,13 @@ def _colors(keys: list[str]) -> dict[str, Any]:
     return {k: cmap(i % 10) for i, k in enumerate(keys)}
 
 
+def _log_ticks(ax: Any, values: list[int]) -> None:
+    """Label a log x axis at exactly `values` (matplotlib's minor labels would overprint them)."""
+    ax.set_xticks(values)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def throughput_vs_concurrency(results: dict[str, Any], path: Path) -> None:
     """(c) closed-loop medians with min-max bars per model; dashed line: (b) best in-process median."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -30,8 +37,7 @@ def throughput_vs_concurrency(results: dict[str, Any], path: Path) -> None:
         best_b = max(statistics.median(c["rounds"]) for c in results["in_process"][key])
         ax.axhline(best_b, color=colors[key], linestyle="--", linewidth=0.8)
     ax.set(xscale="log", yscale="log", xlabel="concurrent callers", ylabel="items/s (gRPC, median of rounds)")
-    ax.set_xticks([c["concurrency"] for c in next(iter(results["grpc_closed"].values()))])
-    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    _log_ticks(ax, [c["concurrency"] for c in next(iter(results["grpc_closed"].values()))])
     ax.set_title("End-to-end throughput (dashed: in-process runtime)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -71,8 +77,7 @@ def throughput_vs_seq_len(results: dict[str, Any], path: Path) -> None:
             xs = [c["seq_len"] for c in mine]
             ax.plot(xs, [statistics.median(c["rounds"]) for c in mine], "o-", color=colors[key], label=key)
         ax.set(xscale="log", yscale="log", xlabel="tokens per text", title=f"batch {batch}")
-        ax.set_xticks(results["config"]["grid_seq_lens"])
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        _log_ticks(ax, results["config"]["grid_seq_lens"])
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("items/s (model only, median)")
     axes[0][-1].legend(fontsize=8)
@@ -94,7 +99,8 @@ def quality_vs_throughput(results: dict[str, Any], path: Path) -> None:
         ]
         for x, y, k in points:
             ax.scatter([x], [y], color=colors[k], s=40, zorder=3)
-            ax.annotate(k, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            name = k + (" (random weights)" if results["models"][k]["random_weights"] else "")
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         front = _pareto(points)
         ax.plot([p[0] for p in front], [p[1] for p in front], "k--", linewidth=0.8, label="Pareto front")
         ax.set(xscale="log", xlabel="end-to-end items/s (gRPC, best median)", ylabel=title)

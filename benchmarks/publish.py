@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.models import CNN
 from benchmarks.plots import draw_all
-from benchmarks.report import label, rate, ratio_text, render
+from benchmarks.report import label, num, rate, ratio_text, render
 from benchmarks.summary import derive
 
 README_FIGURE = "throughput_vs_concurrency.png"
@@ -20,7 +20,7 @@ def readme_snippet(results: dict[str, Any], run_dir: Path) -> str:
     s, q = results["summary"]["models"], results["quality"]
     rows = [
         f"| {label(results, k)} | {rate(m['model_only']['median'])} | {rate(m['grpc']['median'])} "
-        f"| {m['efficiency']:.2f} | {q[k]['stsb_dev_spearman']:.1f} |"
+        f"| {num(m['efficiency'], '.2f')} | {q[k]['stsb_dev_spearman']:.1f} |"
         for k, m in s.items()
     ]
     fp32 = results["summary"]["ratios"].get("minilm-fp32", {})

@@ -39,6 +39,20 @@ def ratio_text(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}x"
 
 
+def num(x: float | None, spec: str) -> str:
+    """A derived figure, or n/a when it could not be computed (a zero denominator, a missing model)."""
+    return "n/a" if x is None else format(x, spec)
+
+
+def divide(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
 def label(results: dict[str, Any], key: str) -> str:
     return f"{key}: {results['models'][key]['label']}"
 
@@ -72,7 +86,7 @@ def _headline(r: dict[str, Any]) -> list[str]:
             rate(m["model_only"]["median"]),
             rate(m["in_process"]["median"]),
             rate(m["grpc"]["median"]),
-            f"{m['efficiency']:.2f}",
+            num(m["efficiency"], ".2f"),
             f"{q[k]['stsb_dev_spearman']:.2f}",
             f"{q[k]['agreement_spearman']:.3f}" if "agreement_spearman" in q[k] else "n/a",
         )
@@ -112,9 +126,10 @@ def _targets(r: dict[str, Any]) -> list[str]:
 
 
 def _ratios(r: dict[str, Any]) -> list[str]:
-    ratio, s = r["summary"]["ratios"], r["summary"]["models"]
+    ratio = r["summary"]["ratios"]
+    out = ["## CNN ÷ MiniLM throughput ratio", ""]
     if not ratio:
-        return ["## CNN ÷ MiniLM throughput ratio", "", "Needs `cnn` and a MiniLM baseline in --models.", ""]
+        return [*out, "Needs `cnn` and a MiniLM baseline in --models.", ""]
     b, n = headline_cell(r)
     refs = [ref for ref in REFERENCES if ref in ratio]
     modes = (
@@ -123,11 +138,13 @@ def _ratios(r: dict[str, Any]) -> list[str]:
         ("grpc", "(c) end-to-end gRPC, best concurrency"),
     )
     rows = [(title, *(ratio_text(ratio[ref][mode]) for ref in refs)) for mode, title in modes]
-    eff = [(label(r, k), f"{m['efficiency']:.2f}", f"{m['cpu_efficiency']:.2f}") for k, m in s.items()]
+    return [*out, *table(("mode", *(f"CNN ÷ {ref}" for ref in refs)), rows)]
+
+
+def _efficiency(r: dict[str, Any]) -> list[str]:
+    s = r["summary"]["models"]
+    eff = [(label(r, k), num(m["efficiency"], ".2f"), num(m["cpu_efficiency"], ".2f")) for k, m in s.items()]
     return [
-        "## CNN ÷ MiniLM throughput ratio",
-        "",
-        *table(("mode", *(f"CNN ÷ {ref}" for ref in refs)), rows),
         "## Serving efficiency (c) ÷ (b)",
         "",
         "Throughput: best gRPC median ÷ best in-process median (the gRPC client shares the 2 cores). "
@@ -171,7 +188,7 @@ def _model_only(r: dict[str, Any]) -> list[str]:
             (
                 f"CNN ÷ {ref}",
                 *(
-                    ratio_text(statistics.median(a["rounds"]) / statistics.median(b["rounds"]))
+                    ratio_text(divide(statistics.median(a["rounds"]), statistics.median(b["rounds"])))
                     for a, b in zip(cnn, r["model_only"][ref], strict=True)
                 ),
             )
@@ -182,14 +199,14 @@ def _model_only(r: dict[str, Any]) -> list[str]:
     return out
 
 
-def _sweep(r: dict[str, Any], key: str, cpu_field: str) -> list[tuple[Any, ...]]:
+def _sweep(r: dict[str, Any], key: str, cpu_fields: Sequence[str]) -> list[tuple[Any, ...]]:
     rows = []
     for k, cells in r[key].items():
         for c in cells:
             runs = c["runs"]
             p50 = statistics.median(x["p50_ms"] for x in runs)
             p99 = statistics.median(x["p99_ms"] for x in runs)
-            cpu = statistics.median(x[cpu_field] for x in runs)
+            cpu = [num(_median_or_none([x.get(f) for x in runs]), ".3f") for f in cpu_fields]
             errors = sum(x["errors"] for x in runs)
             rows.append(
                 (
@@ -198,7 +215,7 @@ def _sweep(r: dict[str, Any], key: str, cpu_field: str) -> list[tuple[Any, ...]]
                     med_max(c["rounds"]),
                     f"{p50:.1f}",
                     f"{p99:.1f}",
-                    f"{cpu:.3f}",
+                    *cpu,
                     errors,
                 )
             )
@@ -210,18 +227,28 @@ def _in_process(r: dict[str, Any]) -> list[str]:
     return [
         "## (b) In-process runtime: tokenizer + batcher + ONNX",
         "",
-        *table(header, _sweep(r, "in_process", "cpu_ms_per_item")),
+        *table(header, _sweep(r, "in_process", ["cpu_ms_per_item"])),
     ]
 
 
 def _grpc(r: dict[str, Any]) -> list[str]:
-    header = ("model", "callers", "items/s", "p50 ms", "p99 ms", "server CPU ms/item", "errors")
+    header = (
+        "model",
+        "callers",
+        "items/s",
+        "p50 ms",
+        "p99 ms",
+        "server CPU ms/item",
+        "client CPU ms/item",
+        "errors",
+    )
     out = [
         "## (c) End-to-end gRPC, closed loop",
         "",
-        f"Real server subprocesses, default config; requests of {r['config']['request_texts']} texts.",
+        f"Real server subprocesses, default config; requests of {r['config']['request_texts']} texts. The "
+        "load generator (client) runs on the same 2 cores: its CPU per item is the share (c) loses to it.",
         "",
-        *table(header, _sweep(r, "grpc_closed", "cpu_ms_per_item")),
+        *table(header, _sweep(r, "grpc_closed", ["cpu_ms_per_item", "client_cpu_ms_per_item"])),
     ]
     if CNN in r["grpc_closed"]:
         by_c = {
@@ -233,7 +260,7 @@ def _grpc(r: dict[str, Any]) -> list[str]:
             (
                 f"CNN ÷ {ref}",
                 *(
-                    ratio_text(statistics.median(c["rounds"]) / by_c[ref][c["concurrency"]])
+                    ratio_text(divide(statistics.median(c["rounds"]), by_c[ref][c["concurrency"]]))
                     for c in r["grpc_closed"][CNN]
                 ),
             )
@@ -276,6 +303,36 @@ def _grpc(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _serving(r: dict[str, Any]) -> list[str]:
+    """Issue 3's serving figures, for every model, from this one run."""
+    rows = [
+        (
+            label(r, k),
+            f"{rate(m['grpc']['median'])} @ {m['grpc']['concurrency']}",
+            rate(m["in_process"]["median"]),
+            num(m["efficiency"], ".2f"),
+            f"{m['single_p50_ms']:.2f} / {m['single_p99_ms']:.2f}",
+            f"{m['peak_rss_mb']:.0f}",
+            f"{m['start_to_serving_s']:.2f}",
+        )
+        for k, m in r["summary"]["models"].items()
+    ]
+    header = (
+        "model",
+        "(c) gRPC items/s @ callers",
+        "(b) in-process items/s",
+        "(c)÷(b)",
+        "one caller, one text: p50 / p99 ms",
+        "server peak RSS MB",
+        "start to SERVING s",
+    )
+    intro = (
+        f"Server subprocesses with the default config; requests of {r['config']['request_texts']} texts; "
+        "RSS sampled every 0.2 s during the closed-loop sweep; start = spawn to health SERVING."
+    )
+    return ["## Serving figures", "", intro, "", *table(header, rows)]
+
+
 def _quality(r: dict[str, Any]) -> list[str]:
     def f(x: float | None, spec: str) -> str:
         return "n/a" if x is None else format(x, spec)
@@ -309,6 +366,24 @@ def _notes(r: dict[str, Any]) -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     figures = ["## Figures", ""] + [f"![{alt}]({name})\n" for name, alt in FIGURES.items()]
-    parts = [_facts, _headline, _targets, _ratios, _inputs, _model_only, _in_process, _grpc, _quality]
+    parts = [
+        _facts,
+        _headline,
+        _targets,
+        _ratios,
+        _efficiency,
+        _inputs,
+        _model_only,
+        _in_process,
+        _grpc,
+        _serving,
+        _quality,
+    ]
     lines = [line for part in parts for line in part(results)]
     return "\n".join([*lines, *figures, *_notes(results)])
+
+
+def console_summary(results: dict[str, Any]) -> str:
+    """What `streamrec-bench` prints when it is done: headline, targets, ratios, serving figures."""
+    parts = [_headline, _targets, _ratios, _efficiency, _serving]
+    return "\n".join(line for part in parts for line in part(results))
