@@ -7,6 +7,7 @@ the batcher or the event loop (CLI `embed`, benchmarks, and the tests' reference
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from embedder.encoding import ENCODINGS, postprocess
 from embedder.errors import ConfigError, InvalidInputError
 from embedder.explainer import Explainer
 from embedder.session import SessionFactory, SessionPool
-from embedder.tokenizer import TextTokenizer
+from embedder.tokenizer import Encoded, TextTokenizer
 from embedder.v1 import embedder_pb2 as pb
-from embedder.workers import DaemonThreadPool
+from embedder.workers import DaemonThreadPool, WorkerDiedError
+
+log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -148,9 +151,12 @@ class EmbeddingEngine:
         n = len(texts)
         self.batcher.expect_arrival(n)
         try:
-            encoded = await loop.run_in_executor(
-                self._tokenize_pool, self.tokenizer.encode, texts, options.truncate
-            )
+            if sum(len(t) for t in texts) <= self.config.inline_tokenize_max_chars:
+                encoded = self._encode_inline(texts, options.truncate)
+            else:
+                encoded = await loop.run_in_executor(
+                    self._tokenize_pool, self.tokenizer.encode, texts, options.truncate
+                )
         except BaseException:
             self.batcher.arrival_cancelled(n)
             raise
@@ -158,6 +164,18 @@ class EmbeddingEngine:
         result = await self.batcher.submit(encoded.ids, deadline, announced=True, reserved=n)
         embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
         return EmbedResult(embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s)
+
+    def _encode_inline(self, texts: Sequence[str], truncate: bool) -> Encoded:
+        """Tokenize on the calling (event loop) thread; a Rust panic becomes an ordinary error here too."""
+        try:
+            return self.tokenizer.encode(texts, truncate)
+        except Exception:
+            raise
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+                raise
+            log.error("tokenizer raised %s on the event loop", type(exc).__name__, exc_info=exc)
+            raise WorkerDiedError(f"tokenizer raised {type(exc).__name__}") from None
 
     def embed_in_process(self, texts: Sequence[str], options: EmbedOptions | None = None) -> FloatArray:
         """Tokenize and run one batch right here, in the calling thread (no batcher, no event loop)."""
