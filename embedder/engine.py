@@ -83,6 +83,7 @@ class EmbeddingEngine:
             inference_timeout_s=config.inference_timeout_s,
             session_factory=session_factory,
             on_exhausted=on_unhealthy,
+            inline_max_tokens=config.inline_infer_max_tokens,
         )
         self.sessions.warm_up()
         # The Explain RPC's graph (explain.onnx), if the bundle has one; it never touches the batcher.
