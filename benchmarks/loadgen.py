@@ -275,14 +275,15 @@ async def _open_loop(
         latencies: list[float] = []
         counts = {"items": 0, "errors": 0}
 
-        async def one(message: pb.EmbedRequest) -> None:
-            t0 = time.perf_counter()
+        async def one(message: pb.EmbedRequest, arrival: float) -> None:
+            # Timed from the scheduled arrival, not from when this task got to run: if the client's own
+            # loop falls behind, that delay is part of what a caller at this rate would see.
             try:
                 resp = await stub.Embed(message, timeout=30)
             except grpc.RpcError:
                 counts["errors"] += 1
                 return
-            latencies.append(time.perf_counter() - t0)
+            latencies.append(time.monotonic() - arrival)
             counts["items"] += resp.count
 
         tasks = []
@@ -290,7 +291,7 @@ async def _open_loop(
         next_at = t_start
         while next_at < t_start + duration_s:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            tasks.append(asyncio.create_task(one(next(feed))))
+            tasks.append(asyncio.create_task(one(next(feed), next_at)))
             next_at += rng.expovariate(rate_per_s)
         await asyncio.gather(*tasks)
         seconds = time.monotonic() - t_start

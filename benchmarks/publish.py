@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.models import CNN
 from benchmarks.plots import draw_all
-from benchmarks.report import label, num, rate, ratio_text, render
+from benchmarks.report import label, num, rate, ratio_text, render, targets_table
 from benchmarks.summary import derive
 
 README_FIGURE = "throughput_vs_concurrency.png"
@@ -48,6 +48,9 @@ def readme_snippet(results: dict[str, Any], run_dir: Path) -> str:
             "",
             f"![End-to-end throughput vs concurrency]({rel}/{README_FIGURE})",
             "",
+            "The issues' targets in this run (reported, not asserted: the machine is shared and noisy):",
+            "",
+            *targets_table(results),
         ]
     )
 

@@ -111,7 +111,9 @@ def _headline(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def _targets(r: dict[str, Any]) -> list[str]:
+def targets_table(r: dict[str, Any]) -> list[str]:
+    """The issues' targets with this run's values and verdicts (report.md and the README snippet)."""
+
     def verdict(holds: bool | None) -> str:
         return "not measured" if holds is None else ("holds" if holds else "MISSED")
 
@@ -119,10 +121,14 @@ def _targets(r: dict[str, Any]) -> list[str]:
         return "n/a" if v is None else (f"{v:,.2f}" if v < 100 else f"{v:,.0f}")
 
     rows = [(name, value(v), target, verdict(h)) for name, v, target, h in r["summary"]["targets"]]
+    return table(("target", "value", "wanted", "verdict"), rows)
+
+
+def _targets(r: dict[str, Any]) -> list[str]:
     notes = ["Targets are reported, not asserted: this machine is shared and noisy."]
     if r["models"].get(CNN, {}).get("random_weights"):
         notes.append("The CNN has RANDOM weights in this run: its quality figures mean nothing.")
-    return ["## Targets", "", *notes, "", *table(("target", "value", "wanted", "verdict"), rows)]
+    return ["## Targets", "", *notes, "", *targets_table(r)]
 
 
 def _ratios(r: dict[str, Any]) -> list[str]:
@@ -328,7 +334,8 @@ def _serving(r: dict[str, Any]) -> list[str]:
     )
     intro = (
         f"Server subprocesses with the default config; requests of {r['config']['request_texts']} texts; "
-        "RSS sampled every 0.2 s during the closed-loop sweep; start = spawn to health SERVING."
+        "RSS sampled every 0.2 s from start through the closed-loop sweep, open loop and one-caller test; "
+        "start = spawn to health SERVING."
     )
     return ["## Serving figures", "", intro, "", *table(header, rows)]
 

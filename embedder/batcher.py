@@ -137,6 +137,11 @@ class DynamicBatcher:
     def queued_items(self) -> int:
         return self._queued
 
+    @property
+    def running_batches(self) -> int:
+        """Batches handed to inference and not yet finished (the caller's own included)."""
+        return self._busy
+
     def start(self) -> None:
         """Start the dispatcher task on the running loop."""
         self._wake = asyncio.Event()

@@ -36,8 +36,9 @@ class ServerConfig:
     # Requests of at most this many characters in all are tokenized on the event loop itself: the hop
     # to a tokenizer thread and back costs ~0.25 ms here, tokenizing one short text ~0.03 ms. 0 = never.
     inline_tokenize_max_chars: int = 256
-    # A batch of at most this many padded tokens, arriving while every worker is idle, runs on the
-    # event loop too: the worker hop costs ~0.4 ms, ONNX on 128 padded tokens ~0.1 ms. 0 = never.
+    # A lone batch (nothing else running or queued) of at most this many padded tokens runs on the
+    # event loop too: the worker hop costs ~0.4 ms, the CNN on 128 padded tokens ~0.1 ms. Turned off at
+    # start if the model takes > 0.5 ms for that (session.py). 0 = never.
     inline_infer_max_tokens: int = 128
     # Small CNNs gain nothing from batches past ~64 texts here, and 256 falls out of cache (PERF_NOTES).
     max_batch_items: int = 64

@@ -24,7 +24,7 @@ from embedder.explainer import Explainer
 from embedder.session import SessionFactory, SessionPool
 from embedder.tokenizer import Encoded, TextTokenizer
 from embedder.v1 import embedder_pb2 as pb
-from embedder.workers import DaemonThreadPool, WorkerDiedError
+from embedder.workers import DaemonThreadPool, call_guarded
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,13 @@ class EmbeddingEngine:
             max_queued_items=config.max_queued_items,
             max_concurrent_batches=self.workers,
         )
-        self.batcher = DynamicBatcher(self.sessions.embed_rows_async, limits, manifest.dim, observer)
+        self.batcher = DynamicBatcher(self._run_batch, limits, manifest.dim, observer)
+
+    async def _run_batch(self, rows: list[list[int]]) -> FloatArray:
+        # Inline only for a lone batch: none other running or queued. Under load the loop stays free
+        # for gRPC and the workers do the inference.
+        lone = self.batcher.queued_items == 0 and self.batcher.running_batches <= 1
+        return await self.sessions.embed_rows_async(rows, may_inline=lone)
 
     @property
     def manifest(self) -> Manifest:
@@ -168,15 +174,7 @@ class EmbeddingEngine:
 
     def _encode_inline(self, texts: Sequence[str], truncate: bool) -> Encoded:
         """Tokenize on the calling (event loop) thread; a Rust panic becomes an ordinary error here too."""
-        try:
-            return self.tokenizer.encode(texts, truncate)
-        except Exception:
-            raise
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
-                raise
-            log.error("tokenizer raised %s on the event loop", type(exc).__name__, exc_info=exc)
-            raise WorkerDiedError(f"tokenizer raised {type(exc).__name__}") from None
+        return call_guarded(self.tokenizer.encode, texts, truncate)
 
     def embed_in_process(self, texts: Sequence[str], options: EmbedOptions | None = None) -> FloatArray:
         """Tokenize and run one batch right here, in the calling thread (no batcher, no event loop)."""

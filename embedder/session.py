@@ -7,10 +7,13 @@ A watchdog bounds every batch by `inference_timeout_s`: a worker stuck past it i
 callers get an error, its session is replaced by a fresh one), so a stuck or dead worker never leaves
 callers waiting forever. Sessions come from a `SessionFactory`, the seam tests use to inject faults.
 
-A tiny batch (at most `inline_max_tokens` padded tokens) that arrives while every worker is idle runs
-right on the calling event-loop thread: for one short text the hop to a worker and back costs ~0.4 ms,
-ONNX Runtime ~0.06 ms. The watchdog does not cover such a batch (it blocks the loop for well under a
-millisecond); `inline_max_tokens=0` sends every batch to the workers.
+A lone tiny batch (at most `inline_max_tokens` padded tokens, the caller says no other batch is
+running or queued, every worker idle) runs right on the calling event-loop thread: for one short text
+the hop to a worker and back costs ~0.4 ms, the CNN's ONNX run ~0.06 ms. Only for a model that is fast
+enough: `warm_up` times a batch of that size and turns the inline path off if it takes more than
+`INLINE_BUDGET_S` (a transformer would hold the loop for milliseconds). The watchdog cannot cover an
+inline batch: if ONNX Runtime hung on one, the whole server would stop answering and its liveness
+probe would restart it. `inline_max_tokens=0` sends every batch to the workers.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +34,15 @@ import onnxruntime as ort
 
 from embedder.errors import BundleError, InferenceError, InferenceTimeoutError
 from embedder.tokenizer import pad_batch
-from embedder.workers import DaemonThreadPool
+from embedder.workers import DaemonThreadPool, call_guarded
 
 log = logging.getLogger(__name__)
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 OUTPUT = "embeddings"
+# The longest an inline batch of `inline_max_tokens` may take (fastest of the warm-up runs).
+INLINE_BUDGET_S = 0.0005
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -166,10 +172,10 @@ class SessionPool:
         input_ids, attention_mask = pad_batch(rows, self.pad_token_id)
         return self.run(input_ids, attention_mask, job)
 
-    async def embed_rows_async(self, rows: list[list[int]]) -> FloatArray:
+    async def embed_rows_async(self, rows: list[list[int]], *, may_inline: bool = False) -> FloatArray:
         """`embed_rows` on a worker thread, bounded by `inference_timeout_s` (InferenceTimeoutError);
-        a tiny batch with every worker idle runs inline instead (module docstring)."""
-        if rows and len(rows) * max(map(len, rows)) <= self.inline_max_tokens:
+        with `may_inline`, a tiny batch with every worker idle runs inline instead (module docstring)."""
+        if may_inline and rows and len(rows) * max(map(len, rows)) <= self.inline_max_tokens:
             session = self._take_idle_session()
             if session is not None:
                 return self._run_inline(session, rows)
@@ -194,8 +200,9 @@ class SessionPool:
 
     def _run_inline(self, session: InferenceSession, rows: list[list[int]]) -> FloatArray:
         input_ids, attention_mask = pad_batch(rows, self.pad_token_id)
+        feed = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         try:
-            out = session.run([OUTPUT], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})[0]
+            out = call_guarded(session.run, [OUTPUT], feed)[0]
         finally:
             self._free.put(session)
         self.inline_batches += 1
@@ -239,9 +246,33 @@ class SessionPool:
                     raise BundleError(
                         f"model outputs shape {out.shape} for 2 texts; manifest says dim={self.dim}"
                     )
+            if self.inline_max_tokens > 0:
+                self._check_inline_speed(sessions[0])
         finally:
             for session in sessions:
                 self._free.put(session)
+
+    def _check_inline_speed(self, session: InferenceSession, max_runs: int = 20) -> None:
+        """Turn the inline path off if a batch of `inline_max_tokens` padded tokens is too slow for the
+        event loop. One run within budget is enough (a noisy neighbour at start-up only slows runs down);
+        three runs all over 10x the budget settle it the other way (a transformer costs milliseconds)."""
+        ids = np.full((1, self.inline_max_tokens), self.pad_token_id, dtype=np.int64)
+        feed = {INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids)}
+        fastest = float("inf")
+        for run in range(max_runs):
+            started = time.perf_counter()
+            session.run([OUTPUT], feed)
+            fastest = min(fastest, time.perf_counter() - started)
+            if fastest <= INLINE_BUDGET_S or (run >= 2 and fastest > 10 * INLINE_BUDGET_S):
+                break
+        if fastest > INLINE_BUDGET_S:
+            log.info(
+                "inline inference off: %d padded tokens take %.2f ms (budget %.2f ms)",
+                self.inline_max_tokens,
+                fastest * 1e3,
+                INLINE_BUDGET_S * 1e3,
+            )
+            self.inline_max_tokens = 0
 
     def close(self) -> None:
         """Stop the worker threads; a stuck one is left behind (daemon) and cannot block exit."""

@@ -8,6 +8,7 @@ that raises `SystemExit` or a Rust panic does not kill its thread; its caller ge
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -26,6 +27,21 @@ _Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 class WorkerDiedError(RuntimeError):
     """A task raised a BaseException (not an Exception) in a worker thread."""
+
+
+def call_guarded(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(*args)` on the calling thread, with the worker threads' rule: an Exception passes through,
+    any other BaseException (SystemExit, a Rust panic) becomes `WorkerDiedError`, so work run inline on
+    the event loop cannot stop the loop or leave a caller unanswered. Ctrl-C and cancellation pass."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        raise
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        log.error("inline work raised %s; converted to an error", type(exc).__name__, exc_info=exc)
+        raise WorkerDiedError(f"inline work raised {type(exc).__name__}") from None
 
 
 class DaemonThreadPool(Executor):

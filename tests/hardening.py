@@ -104,7 +104,8 @@ class FaultServer(ServerThread):
 def fault_server(bundle: Bundle, **overrides: Any) -> Iterator[FaultServer]:
     """A `FaultServer` with a fresh `Faults`; on exit every gate opens (no thread stays blocked)."""
     faults = Faults()
-    # Gated sessions must run on worker threads: an inline batch would hold the server's event loop.
+    # Gated or hung sessions must run on worker threads (an inline batch would hold the server's event
+    # loop); tests of the inline path turn it back on and leave the gate open.
     overrides.setdefault("inline_infer_max_tokens", 0)
     srv = FaultServer(bundle, make_config(**overrides), faults)
     try:

@@ -70,8 +70,16 @@ def test_inference_error_fails_only_the_poisoned_call(
     assert "poison-1" in caplog.text  # under the id the caller was given
 
 
-def test_inference_error_in_a_stream_fails_only_that_message(bundle: Bundle) -> None:
-    with fault_server(bundle, workers=1) as srv, grpc.insecure_channel(srv.address) as ch:
+# 0: every batch on a worker thread; 128 (the default): a lone one-text batch runs on the event loop.
+INLINE = pytest.mark.parametrize("inline_tokens", [0, 128], ids=["worker", "inline"])
+
+
+@INLINE
+def test_inference_error_in_a_stream_fails_only_that_message(bundle: Bundle, inline_tokens: int) -> None:
+    with (
+        fault_server(bundle, workers=1, inline_infer_max_tokens=inline_tokens) as srv,
+        grpc.insecure_channel(srv.address) as ch,
+    ):
         srv.faults.fail_token = token_of(srv, "volcano")
         messages = [
             pb.EmbedRequest(texts=["first"], request_id="m1"),
@@ -84,6 +92,7 @@ def test_inference_error_in_a_stream_fails_only_that_message(bundle: Bundle) -> 
         assert responses[1].error.code == grpc.StatusCode.INTERNAL.value[0]
         assert responses[1].error.message == "internal error (request id m2)"
         assert health_status(ch) == "SERVING"
+        assert (srv.running.engine.sessions.inline_batches > 0) is (inline_tokens > 0)
 
 
 def test_stuck_worker_is_bounded_by_the_timeout_and_replaced(bundle: Bundle) -> None:
@@ -115,8 +124,12 @@ def test_stuck_worker_is_bounded_by_the_timeout_and_replaced(bundle: Bundle) -> 
         assert waited < timeout_s + 5, waited
 
 
-def test_worker_thread_hit_by_system_exit_keeps_serving(bundle: Bundle) -> None:
-    with fault_server(bundle, workers=1) as srv, grpc.insecure_channel(srv.address) as ch:
+@INLINE
+def test_system_exit_in_inference_keeps_serving(bundle: Bundle, inline_tokens: int) -> None:
+    with (
+        fault_server(bundle, workers=1, inline_infer_max_tokens=inline_tokens) as srv,
+        grpc.insecure_channel(srv.address) as ch,
+    ):
         srv.faults.exit_token = token_of(srv, "meteor")
         stub = pb_grpc.EmbedderStub(ch)
         err = internal(lambda: stub.Embed(pb.EmbedRequest(texts=["meteor"], request_id="exit-1"), timeout=30))
@@ -127,3 +140,4 @@ def test_worker_thread_hit_by_system_exit_keeps_serving(bundle: Bundle) -> None:
         threads = srv.running.engine.sessions._executor._threads
         assert len(threads) == 2 and all(t.is_alive() for t in threads)  # 1 worker + 1 spare, none died
         assert health_status(ch) == "SERVING"
+        assert (srv.running.engine.sessions.inline_batches > 0) is (inline_tokens > 0)

@@ -1,10 +1,12 @@
-"""SessionPool's inline path: a tiny batch on an idle pool runs on the caller's thread, anything else on a
-worker; both give the same embeddings as a direct ONNX run."""
+"""SessionPool's inline path: a lone tiny batch on an idle pool runs on the caller's thread, anything
+else on a worker; both give the same embeddings as a direct ONNX run. A fault inline is an ordinary
+error, and a model too slow for the event loop never runs there."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import numpy as np
 import pytest
 
 from embedder.bundle import Bundle
-from embedder.session import InferenceSession, SessionPool, make_session
+from embedder.session import INLINE_BUDGET_S, InferenceSession, SessionPool, make_session
+from embedder.workers import WorkerDiedError
 
 
 class ThreadRecorder:
@@ -23,6 +26,8 @@ class ThreadRecorder:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.delay_s = 0.0  # every run (warm-up included) sleeps this long: a slow model
+        self.exit_on_next = False  # the next run raises SystemExit, as a Rust panic would
 
     def factory(self, path: Path, intra_op_threads: int) -> InferenceSession:
         recorder, inner = self, make_session(path, intra_op_threads)
@@ -32,6 +37,10 @@ class ThreadRecorder:
                 recorder.threads.append(threading.current_thread().name)
                 recorder.entered.set()
                 recorder.gate.wait(30)
+                time.sleep(recorder.delay_s)
+                if recorder.exit_on_next:
+                    recorder.exit_on_next = False
+                    raise SystemExit("session died")
                 return inner.run(output_names, input_feed)
 
         return Recorded()
@@ -39,7 +48,7 @@ class ThreadRecorder:
 
 def make_pool(bundle: Bundle, recorder: ThreadRecorder, inline_max_tokens: int) -> SessionPool:
     m = bundle.manifest
-    return SessionPool(
+    pool = SessionPool(
         bundle.model_path,
         m.dim,
         m.pad_token_id,
@@ -47,29 +56,32 @@ def make_pool(bundle: Bundle, recorder: ThreadRecorder, inline_max_tokens: int) 
         session_factory=recorder.factory,
         inline_max_tokens=inline_max_tokens,
     )
+    pool.warm_up()  # as the engine does: this is where a slow model loses the inline path
+    return pool
 
 
 ROW = [101, 2023, 2003, 1037, 3231, 102]
 
 
 @pytest.mark.parametrize(
-    ("rows", "inline_max_tokens", "inline"),
+    ("rows", "inline_max_tokens", "may_inline", "inline"),
     [
-        ([ROW], 128, True),
-        ([ROW] * 21, 128, True),  # 21 x 6 = 126 padded tokens
-        ([ROW] * 22, 128, False),  # 132 padded tokens
-        ([ROW, ROW * 30], 128, False),  # padded to the longest row: 2 x 180
-        ([ROW], 0, False),
+        ([ROW], 128, True, True),
+        ([ROW] * 21, 128, True, True),  # 21 x 6 = 126 padded tokens
+        ([ROW] * 22, 128, True, False),  # 132 padded tokens
+        ([ROW, ROW * 30], 128, True, False),  # padded to the longest row: 2 x 180
+        ([ROW], 0, True, False),
+        ([ROW], 128, False, False),  # the batcher says other batches are running or queued
     ],
 )
-def test_inline_only_for_tiny_batches(
-    bundle: Bundle, rows: list[list[int]], inline_max_tokens: int, inline: bool
+def test_inline_only_for_lone_tiny_batches(
+    bundle: Bundle, rows: list[list[int]], inline_max_tokens: int, may_inline: bool, inline: bool
 ) -> None:
     recorder = ThreadRecorder()
     pool = make_pool(bundle, recorder, inline_max_tokens)
     try:
         recorder.threads.clear()
-        out = asyncio.run(pool.embed_rows_async(rows))
+        out = asyncio.run(pool.embed_rows_async(rows, may_inline=may_inline))
         expected = pool.embed_rows(rows)  # a direct run on this thread, no event loop
         np.testing.assert_allclose(out, expected, atol=1e-6)
         ran_on = recorder.threads[0]
@@ -87,9 +99,10 @@ def test_busy_pool_sends_even_tiny_batches_to_a_worker(bundle: Bundle) -> None:
     async def scenario() -> tuple[np.ndarray, np.ndarray]:
         recorder.gate.clear()
         recorder.entered.clear()
-        first = asyncio.ensure_future(pool.embed_rows_async([ROW] * 40))  # too big: a worker
+        first = asyncio.ensure_future(pool.embed_rows_async([ROW] * 40, may_inline=True))  # too big
         await asyncio.get_running_loop().run_in_executor(None, recorder.entered.wait, 30)
-        second = asyncio.ensure_future(pool.embed_rows_async([ROW]))  # tiny, but the pool is busy
+        # tiny, the caller allows inline, but a worker is busy
+        second = asyncio.ensure_future(pool.embed_rows_async([ROW], may_inline=True))
         await asyncio.sleep(0.05)
         assert not second.done()  # it is held at the gate on a worker, not run inline
         recorder.gate.set()
@@ -103,4 +116,32 @@ def test_busy_pool_sends_even_tiny_batches_to_a_worker(bundle: Bundle) -> None:
         assert pool.inline_batches == 0
     finally:
         recorder.gate.set()
+        pool.close()
+
+
+def test_system_exit_inline_is_an_ordinary_error_and_the_session_comes_back(bundle: Bundle) -> None:
+    recorder = ThreadRecorder()
+    pool = make_pool(bundle, recorder, 128)
+    try:
+        recorder.exit_on_next = True
+        with pytest.raises(WorkerDiedError):
+            asyncio.run(pool.embed_rows_async([ROW], may_inline=True))
+        assert recorder.threads[-1] == "MainThread"  # it did run inline
+        for _ in range(3):  # both sessions are back: the pool still counts as idle and serves inline
+            assert asyncio.run(pool.embed_rows_async([ROW], may_inline=True)).shape == (1, pool.dim)
+        assert pool.inline_batches == 3
+    finally:
+        pool.close()
+
+
+def test_a_model_too_slow_for_the_event_loop_never_runs_inline(bundle: Bundle) -> None:
+    recorder = ThreadRecorder()
+    recorder.delay_s = 2 * INLINE_BUDGET_S
+    pool = make_pool(bundle, recorder, 128)
+    try:
+        assert pool.inline_max_tokens == 0  # the warm-up measured it and turned the path off
+        recorder.threads.clear()
+        asyncio.run(pool.embed_rows_async([ROW], may_inline=True))
+        assert recorder.threads[0].startswith("embedder-infer")
+    finally:
         pool.close()
