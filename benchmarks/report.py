@@ -118,7 +118,8 @@ def targets_table(r: dict[str, Any]) -> list[str]:
         return "not measured" if holds is None else ("holds" if holds else "MISSED")
 
     def value(v: float | None) -> str:
-        return "n/a" if v is None else (f"{v:,.2f}" if v < 100 else f"{v:,.0f}")
+        # Three decimals below 10: an efficiency of 0.798 must not print as the 0.80 it misses.
+        return "n/a" if v is None else (f"{v:,.3f}" if v < 10 else f"{v:,.2f}" if v < 100 else f"{v:,.0f}")
 
     rows = [(name, value(v), target, verdict(h)) for name, v, target, h in r["summary"]["targets"]]
     return table(("target", "value", "wanted", "verdict"), rows)
