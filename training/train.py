@@ -90,6 +90,18 @@ def stage_teacher(job: JobConfig, texts: list[str], tag: str, d: Dist, limit: in
     return targets[:limit] if limit else targets
 
 
+def stage_tokens(job: JobConfig, texts: list[str], d: Dist) -> TokenizedCorpus:
+    """Token ids of the training texts, cached. Rank 0 writes the cache; the others wait and read it
+    (two ranks writing one cache raced on its temporary file under torchrun)."""
+    key = config_hash({"n": len(texts), "first": texts[:3], "max": job.train.max_tokens})
+    cache = Path(job.work_dir) / "tokens" / f"{key}.npz"
+    tokenizer, max_pieces = teacher_tokenizer_path(), job.train.max_tokens - 2
+    if d.main:
+        tokenize_corpus(texts, tokenizer, max_pieces, cache)
+    d.barrier()
+    return tokenize_corpus(texts, tokenizer, max_pieces, cache)
+
+
 def eval_sample(job: JobConfig, heldout: list[str]) -> list[str]:
     rng = np.random.default_rng(job.train.seed)
     n = min(job.eval.agreement_texts, len(heldout))
@@ -323,13 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_texts = train_texts[: len(targets)]
     if args.stop_after == "teacher":
         return 0
-    key = config_hash({"n": len(train_texts), "first": train_texts[:3], "max": job.train.max_tokens})
-    corpus = tokenize_corpus(
-        train_texts,
-        teacher_tokenizer_path(),
-        job.train.max_tokens - 2,
-        Path(job.work_dir) / "tokens" / f"{key}.npz",
-    )
+    corpus = stage_tokens(job, train_texts, d)
     model = train(job, corpus, targets, (ev_texts, ev_targets), d)
     if d.main and args.stop_after != "train":
         from training.publish import publish
