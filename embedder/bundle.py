@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedder.errors import BundleError
+from embedder.errors import BundleError, InvalidInputError
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -50,6 +50,17 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def allowed_dimensions(self) -> list[int]:
+        """The output sizes a caller may ask for, besides 0 (full): the Matryoshka prefixes and `dim`."""
+        return sorted({*self.matryoshka_dims, self.dim})
+
+    def check_dimensions(self, dimensions: int) -> None:
+        """Raise `InvalidInputError` unless `dimensions` is 0 or an allowed size (Embed and Explain)."""
+        if dimensions != 0 and dimensions not in self.allowed_dimensions():
+            raise InvalidInputError(
+                f"dimensions: {dimensions} not supported; use 0 (full) or one of {self.allowed_dimensions()}"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> Manifest:

@@ -109,9 +109,6 @@ class EmbeddingEngine:
     def manifest(self) -> Manifest:
         return self.bundle.manifest
 
-    def allowed_dimensions(self) -> list[int]:
-        return sorted({*self.manifest.matryoshka_dims, self.manifest.dim})
-
     def start(self) -> None:
         """Start the batcher on the running event loop."""
         self.batcher.start()
@@ -134,11 +131,7 @@ class EmbeddingEngine:
                 raise InvalidInputError(
                     f"texts[{i}]: {len(text)} characters exceed max_text_chars={cfg.max_text_chars}"
                 )
-        if options.dimensions != 0 and options.dimensions not in self.allowed_dimensions():
-            raise InvalidInputError(
-                f"dimensions: {options.dimensions} not supported; "
-                f"use 0 (full) or one of {self.allowed_dimensions()}"
-            )
+        self.manifest.check_dimensions(options.dimensions)
         if options.encoding not in ENCODINGS:
             raise InvalidInputError(
                 f"encoding: unknown value {options.encoding}; use one of {[int(e) for e in ENCODINGS]}"

@@ -107,9 +107,6 @@ class Explainer:
         if err > 1e-3 * max(1.0, float(np.abs(emb).max())):
             raise BundleError(f"explain graph: contributions + bias miss its embeddings by {err:.2e}")
 
-    def allowed_dimensions(self) -> list[int]:
-        return sorted({*self.manifest.matryoshka_dims, self.manifest.dim})
-
     def validate(self, query: str, candidate: str, options: ExplainOptions) -> None:
         """Raise `InvalidInputError` naming the field and the limit (the same limits as Embed)."""
         if not query:
@@ -121,11 +118,7 @@ class Explainer:
                 )
         if not 0 <= options.top_pairs <= MAX_TOP_PAIRS:
             raise InvalidInputError(f"top_pairs: {options.top_pairs} outside 0..{MAX_TOP_PAIRS}")
-        if options.dimensions != 0 and options.dimensions not in self.allowed_dimensions():
-            raise InvalidInputError(
-                f"dimensions: {options.dimensions} not supported; "
-                f"use 0 (full) or one of {self.allowed_dimensions()}"
-            )
+        self.manifest.check_dimensions(options.dimensions)
 
     def run(self, query: str, candidate: str = "", options: ExplainOptions | None = None) -> ExplainResult:
         """Explain in the calling thread: tokenize, one graph run for both texts, decompose."""

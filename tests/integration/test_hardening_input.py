@@ -122,7 +122,7 @@ def test_over_max_tokens_is_truncated_by_default(
 def test_dimensions_not_offered(
     stub: pb_grpc.EmbedderStub, reference: EmbeddingEngine, dimensions: int
 ) -> None:
-    offered = reference.allowed_dimensions()
+    offered = reference.manifest.allowed_dimensions()
     expect_invalid(
         stub,
         rf"^dimensions: {dimensions} not supported; use 0 \(full\) or one of {re.escape(str(offered))}",
