@@ -1,4 +1,5 @@
-"""Embedding post-processing and wire packing, shared by the server (pack) and the client (unpack).
+"""Embedding post-processing and wire packing, shared by the server (pack) and the client (unpack),
+and the per-call `Timing` message both Embed and Explain answer with.
 
 Order matters: Matryoshka truncation first, then L2 normalisation (a truncated prefix of a unit vector
 is not a unit vector), then packing as little-endian float32 / float16 / int8 with one scale per row.
@@ -6,6 +7,7 @@ is not a unit vector), then packing as little-endian float32 / float16 / int8 wi
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,3 +67,17 @@ def unpack(data: bytes, encoding: int, count: int, dim: int, scales: list[float]
             raise ValueError(f"int8 payload needs {count} scales")
         rows *= np.asarray(scales, dtype=np.float32)[:, None]
     return rows
+
+
+def timing(tokenize_s: float, queue_s: float, inference_s: float, started: float) -> pb.Timing:
+    """Stage times in microseconds; `total_us` runs from `started` (on `time.monotonic`) to now."""
+    return pb.Timing(
+        tokenize_us=_us(tokenize_s),
+        queue_us=_us(queue_s),
+        inference_us=_us(inference_s),
+        total_us=_us(time.monotonic() - started),
+    )
+
+
+def _us(seconds: float) -> int:
+    return max(0, round(seconds * 1e6))

@@ -20,6 +20,7 @@ import numpy as np
 
 from embedder.bundle import Bundle, Manifest
 from embedder.config import ServerConfig
+from embedder.encoding import timing
 from embedder.errors import (
     BundleError,
     DeadlineExceededError,
@@ -229,19 +230,8 @@ def to_response(result: ExplainResult, request_id: str, model: str, started: flo
     )
     if ex.candidate is not None:
         response.candidate.CopyFrom(_text_proto(ex.candidate, result.candidate))
-    response.timing.CopyFrom(
-        pb.Timing(
-            tokenize_us=_us(result.tokenize_s),
-            queue_us=_us(result.queue_s),
-            inference_us=_us(result.inference_s),
-            total_us=_us(time.monotonic() - started),
-        )
-    )
+    response.timing.CopyFrom(timing(result.tokenize_s, result.queue_s, result.inference_s, started))
     return response
-
-
-def _us(seconds: float) -> int:
-    return max(0, round(seconds * 1e6))
 
 
 def _text_proto(attr: TextAttribution, text: str) -> pb.TextAttribution:

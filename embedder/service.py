@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from embedder.encoding import ENCODINGS, pack
+from embedder.encoding import ENCODINGS, pack, timing
 from embedder.engine import EmbeddingEngine, EmbedOptions, EmbedResult
 from embedder.errors import (
     DeadlineExceededError,
@@ -138,10 +138,6 @@ def options_from(request: pb.EmbedRequest) -> EmbedOptions:
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
-
-
-def _us(seconds: float) -> int:
-    return max(0, round(seconds * 1e6))
 
 
 class EmbedderService(pb_grpc.EmbedderServicer):
@@ -324,12 +320,6 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     ) -> pb.EmbedResponse:
         packed = pack(result.embeddings, options.encoding)
         count, dim = result.embeddings.shape
-        timing = pb.Timing(
-            tokenize_us=_us(result.tokenize_s),
-            queue_us=_us(result.queue_s),
-            inference_us=_us(result.inference_s),
-            total_us=_us(time.monotonic() - started),
-        )
         return pb.EmbedResponse(
             request_id=request_id,
             dim=dim,
@@ -339,7 +329,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             scales=packed.scales,
             token_counts=result.token_counts,
             total_tokens=sum(result.token_counts),
-            timing=timing,
+            timing=timing(result.tokenize_s, result.queue_s, result.inference_s, started),
             model=self._engine.manifest.name,
         )
 
