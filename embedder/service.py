@@ -10,8 +10,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -33,6 +33,7 @@ from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -163,15 +164,8 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     ) -> pb.EmbedResponse:
         started = time.monotonic()
         request_id = request_id_of(request)
-        try:
-            response = await self._embed(request, request_id, started, _deadline(context))
-        except asyncio.CancelledError:
-            self._metrics.observe_request("Embed", "CANCELLED", time.monotonic() - started)
-            raise
-        except Exception as exc:
-            code, message = status_for(exc, request_id)
-            self._metrics.observe_request("Embed", code.name, time.monotonic() - started)
-            await context.abort(code, message)
+        work = self._embed(request, request_id, started, _deadline(context))
+        response = await self._answer("Embed", work, context, request_id, started)
         self._observe_ok("Embed", response, started)
         return response
 
@@ -233,33 +227,51 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         """Token attribution (embedder/explainer.py): off the event loop, outside the batcher."""
         started = time.monotonic()
         request_id = request_id_of(request)
-        try:
-            if self._draining:
-                raise ShuttingDownError("server is shutting down; retry on another replica")
-            if request is None:
-                raise InvalidInputError(
-                    "request: not a valid ExplainRequest (e.g. a text that is not valid UTF-8)"
-                )
-            check_request_id(request.request_id)
-            response = await explain_response(
-                self._engine.explainer,
-                self._engine.manifest,
-                request,
-                request_id=request_id,
-                started=started,
-                deadline=_deadline(context),
-            )
-        except asyncio.CancelledError:
-            self._metrics.observe_request("Explain", "CANCELLED", time.monotonic() - started)
-            raise
-        except Exception as exc:
-            code, message = status_for(exc, request_id)
-            self._metrics.observe_request("Explain", code.name, time.monotonic() - started)
-            await context.abort(code, message)
+        work = self._explain(request, request_id, started, _deadline(context))
+        response = await self._answer("Explain", work, context, request_id, started)
         self._metrics.observe_request("Explain", "OK", time.monotonic() - started)
         return response
 
     # -- internals ------------------------------------------------------------------------------------
+
+    async def _answer(
+        self,
+        method: str,
+        work: Awaitable[R],
+        context: grpc.aio.ServicerContext[Any, Any],
+        request_id: str,
+        started: float,
+    ) -> R:
+        """`work`'s response for a unary call. A failure is counted under its status code and ends the
+        call with that status and a message naming the request id; a cancellation counts as CANCELLED."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            self._metrics.observe_request(method, "CANCELLED", time.monotonic() - started)
+            raise
+        except Exception as exc:
+            code, message = status_for(exc, request_id)
+            self._metrics.observe_request(method, code.name, time.monotonic() - started)
+            await context.abort(code, message)
+
+    async def _explain(
+        self, request: pb.ExplainRequest | None, request_id: str, started: float, deadline: float | None
+    ) -> pb.ExplainResponse:
+        if self._draining:
+            raise ShuttingDownError("server is shutting down; retry on another replica")
+        if request is None:
+            raise InvalidInputError(
+                "request: not a valid ExplainRequest (e.g. a text that is not valid UTF-8)"
+            )
+        check_request_id(request.request_id)
+        return await explain_response(
+            self._engine.explainer,
+            self._engine.manifest,
+            request,
+            request_id=request_id,
+            started=started,
+            deadline=deadline,
+        )
 
     async def _embed(
         self, raw: pb.EmbedRequest | None, request_id: str, started: float, deadline: float | None
