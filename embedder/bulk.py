@@ -265,9 +265,10 @@ def _embed_shard(
             raise BulkError(f"{path} lines {first}..{last} (texts[0] is line {first}): {exc}") from None
         bar.update(len(batch))
     array_file, meta_file = _shard_files(parts, shard.index)
-    with array_file.with_name(array_file.name + ".tmp").open("wb") as f:
+    tmp = array_file.with_name(array_file.name + ".tmp")
+    with tmp.open("wb") as f:
         np.save(f, np.concatenate(rows).astype(np.float32, copy=False))
-    array_file.with_name(array_file.name + ".tmp").replace(array_file)
+    tmp.replace(array_file)
     # The sidecar is written last: it is what marks the shard as done.
     meta = {"digest": shard.digest, "rows": len(shard.ids), "ids": shard.ids}
     atomic_write(meta_file, json.dumps(meta).encode())

@@ -178,13 +178,11 @@ class EmbeddingEngine:
 
     async def close(self) -> None:
         await self.batcher.close()
-        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
-        self.sessions.close()
-        if self.explainer is not None:
-            self.explainer.close()
+        self.close_sync()
 
     def close_sync(self) -> None:
-        """Release the thread pools when no event loop ever ran (CLI `embed`, benchmarks)."""
+        """Release the thread pools and sessions: after the batcher in `close`, or alone when no event loop
+        ever ran (CLI `embed`, benchmarks)."""
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
         if self.explainer is not None:
