@@ -199,9 +199,9 @@ async def run_closed(
     tasks = [asyncio.create_task(caller(i)) for i in range(concurrency)]
     try:
         await done.steady(window.warmup_s, window.max_warmup_s)
-        cpu0, own0 = (_cpu_s(cpu_pid) if cpu_pid else 0.0), _cpu_s(os.getpid())
+        cpu0, own0 = (cpu_s(cpu_pid) if cpu_pid else 0.0), cpu_s(os.getpid())
         start, end = await done.window(window)
-        cpu1, own1 = (_cpu_s(cpu_pid) if cpu_pid else 0.0), _cpu_s(os.getpid())
+        cpu1, own1 = (cpu_s(cpu_pid) if cpu_pid else 0.0), cpu_s(os.getpid())
     finally:
         for task in tasks:
             task.cancel()
@@ -217,7 +217,8 @@ async def run_closed(
     return result
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int | None = None) -> float:
+    """User + system CPU seconds of process `pid` (None = this process)."""
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
 
@@ -226,10 +227,10 @@ def wait_idle(pid: int, busy_below: float = 0.15, step_s: float = 0.1, max_s: fl
     """Return once process `pid` uses under `busy_below` of a core over `step_s` (batches cancelled
     callers left running would otherwise eat into the next measurement)."""
     deadline = time.monotonic() + max_s
-    last = _cpu_s(pid)
+    last = cpu_s(pid)
     while time.monotonic() < deadline:
         time.sleep(step_s)
-        now = _cpu_s(pid)
+        now = cpu_s(pid)
         if now - last < busy_below * step_s:
             return
         last = now

@@ -29,10 +29,9 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.loadgen import Window, batches, closed_loop, item_texts, single_caller_latency
+from benchmarks.in_process import make_engine
+from benchmarks.loadgen import Window, batches, closed_loop, cpu_s, item_texts, single_caller_latency
 from embedder.bundle import load_bundle
-from embedder.config import load_config
-from embedder.engine import EmbeddingEngine
 
 TARGETS = {
     "grpc_items_per_s": 5000.0,
@@ -142,11 +141,6 @@ def rss_sampler(server: ServerProcess, every_s: float = 0.2) -> Iterator[None]:
         thread.join()
 
 
-def _cpu_s(pid: int | None = None) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
 def in_process_items_per_s(
     bundle: Path, requests: Sequence[list[str]], seconds: float = 5.0
 ) -> tuple[float, float]:
@@ -157,12 +151,11 @@ def in_process_items_per_s(
     would also mean a smaller share of the CPU, and the ratio would flatter the server.
     Returns (items/s, CPU ms per item).
     """
-    config = load_config({"bundle": str(bundle)}, env={})
-    engine = EmbeddingEngine(load_bundle(bundle), config)
-    threads_n = engine.workers + config.resolved_tokenizer_threads()
+    engine = make_engine(bundle)
+    threads_n = engine.workers + engine.config.resolved_tokenizer_threads()
     counts = [0] * threads_n
     all_items = [0] * threads_n
-    cpu_before = _cpu_s()
+    cpu_before = cpu_s()
     stop_at = time.monotonic() + 1.0 + seconds
     measure_from = time.monotonic() + 1.0
 
@@ -181,7 +174,7 @@ def in_process_items_per_s(
         t.start()
     for t in threads:
         t.join()
-    cpu_ms_per_item = (_cpu_s() - cpu_before) * 1000.0 / max(1, sum(all_items))
+    cpu_ms_per_item = (cpu_s() - cpu_before) * 1000.0 / max(1, sum(all_items))
     engine.close_sync()
     return sum(counts) / seconds, cpu_ms_per_item
 
