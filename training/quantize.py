@@ -18,14 +18,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 
 Batch = tuple[np.ndarray, np.ndarray]
 
 
 def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8)
     return out_path
 
