@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedder.bundle import Bundle
-from embedder.session import INLINE_BUDGET_S, InferenceSession, SessionPool, make_session
-from embedder.workers import WorkerDiedError
+from embedder.core.bundle import Bundle
+from embedder.core.session import INLINE_BUDGET_S, InferenceSession, SessionPool, make_session
+from embedder.core.workers import WorkerDiedError
 
 
 class ThreadRecorder:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedder.batcher import BatchLimits, BatchResult, DynamicBatcher
+from embedder.core.scheduler import BatchLimits, BatchResult, DynamicBatcher
 from embedder.errors import DeadlineExceededError, InferenceError, OverloadedError, ShuttingDownError
 
 DIM = 2
