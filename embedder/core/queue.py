@@ -162,12 +162,14 @@ class BatchQueue:
 
     def _drop_if_gone(self, item: Item, now: float) -> bool:
         request = item.request
-        if request.gone is None and request.expired(now):
+        expired = request.expired(now)
+        if request.gone is None and expired:
             request.gone = DROP_DEADLINE
         if request.gone is None:
             return False
         self._remove(item)
-        self._drops.append(Drop(request, 1, request.gone))
+        # A caller whose deadline passed is usually cancelled by its front end too: the deadline is why.
+        self._drops.append(Drop(request, 1, DROP_DEADLINE if expired else request.gone))
         return True
 
     def _remove(self, item: Item) -> None:

@@ -1,4 +1,4 @@
-"""Explain math and word merging (embedder/explain.py), on the real tokenizer and real explain graph."""
+"""Explain math and word merging (embedder/explain/attribution.py), on the real tokenizer and graph."""
 
 from __future__ import annotations
 

@@ -157,6 +157,15 @@ def test_a_gone_caller_s_texts_are_dropped_with_its_reason() -> None:
     assert len(queue) == 0
 
 
+def test_a_caller_cancelled_because_its_deadline_passed_counts_as_deadline() -> None:
+    queue, clock = make()
+    late = push(queue, rows(0, 2), deadline=clock.now + 0.01)
+    late.gone = DROP_CANCELLED  # the front end cancels a call whose deadline passed
+    clock.advance(0.02)
+    assert queue.due_in(more_coming=False) is None
+    assert {d.reason for d in queue.take_drops()} == {DROP_DEADLINE}
+
+
 def test_clear_returns_what_was_left() -> None:
     queue, _ = make(max_batch_items=2)
     push(queue, rows(0, 5))
