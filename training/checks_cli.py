@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from embedder.bundle import load_bundle
+from embedder.core.bundle import load_bundle
 from training import checks, evaluate
 from training.config import load_job_config
 from training.corpus_natural import debian_item_pairs, item_text
