@@ -96,7 +96,7 @@ def in_ci() -> bool:
 
 @cache
 def missing(marker: str) -> str:
-    """"" if the prerequisite behind `marker` is present, else one line: what is missing, how to get it."""
+    """ "" if the prerequisite behind `marker` is present, else one line: what is missing, how to get it."""
     need = PREREQUISITES[marker]
     absent = need.check()
     return f"needs {need.what} ({absent}): {need.how}" if absent else ""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereqs import STSB_DIR
 from training import corpus_cli, gcide
 from training.corpus import (
     REPO_ROOT,
@@ -35,7 +36,6 @@ from training.corpus_readers import (
     read_stsb,
     read_user_file,
 )
-from tests.prereqs import STSB_DIR
 
 TRANSLATION_EN = """\
 Package: 0ad
