@@ -64,8 +64,7 @@ PREREQUISITES = {
         Prerequisite(
             "requires_stsb",
             "STS-B",
-            "unpack the STS Benchmark (sts-train.csv, sts-dev.csv) into ../shared/data/stsb/ next to the "
-            "checkout (README.md#sts-b)",
+            "put the STS Benchmark in ../shared/data/stsb/ next to the checkout (docs/data.md)",
             lambda: _missing_files(STSB_DIR, ("sts-train.csv", "sts-dev.csv")),
         ),
         Prerequisite(
