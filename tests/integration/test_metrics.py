@@ -1,4 +1,4 @@
-"""/metrics: exactly the names docs/api.md lists, parsed with prometheus_client's parser, counters = calls made."""
+"""/metrics: exactly the names docs/api.md lists, parsed with prometheus_client's parser; counters = calls."""
 
 from __future__ import annotations
 
