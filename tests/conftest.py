@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from embedder.bundle import Bundle, load_bundle, save_bundle
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle, load_bundle, save_bundle
+from embedder.core.engine import EmbeddingEngine
 from tests.prereqs import PREREQUISITES, in_ci, missing
 from tests.support import ServerThread, make_config
 

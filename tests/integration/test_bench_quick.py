@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from embedder.bundle import Bundle
+from embedder.core.bundle import Bundle
 
 # The load generator's texts are STS-B train sentences and the quality section reads STS-B dev.
 pytestmark = pytest.mark.requires_stsb

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from embedder.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Bundle, file_sha256
+from embedder.core.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Bundle, file_sha256
 from tests.hardening import run_cli
 
 START_UP_BUDGET_S = 1.0  # wall, on an idle machine

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from embedder.client import decode
-from embedder.engine import EmbeddingEngine
-from embedder.server import SERVICE_NAME
+from embedder.core.engine import EmbeddingEngine
+from embedder.grpc.server import SERVICE_NAME
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.prereqs import NODE_CLIENT

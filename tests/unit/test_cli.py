@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder.bundle import Bundle
 from embedder.cli import main
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine
 
 
 def test_embed_args_to_json_lines(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from embedder.bundle import Bundle
 from embedder.cli import main
+from embedder.core.bundle import Bundle
 
 ANSI_BG = re.compile(r"\x1b\[48;2;(\d+);(\d+);(\d+)m([^\x1b]*)\x1b\[0m")
 
@@ -51,7 +51,7 @@ def test_bundle_without_explain_is_a_one_line_error(
 ) -> None:
     import dataclasses
 
-    from embedder.bundle import save_bundle
+    from embedder.core.bundle import save_bundle
 
     fields = dataclasses.asdict(bundle.manifest)
     for key in ("format_version", "sha256", "explain_model", "explain_sha256"):
