@@ -14,7 +14,7 @@ from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support import ServerThread, sample_texts
 
-# DESIGN.md "Metrics", written out here on purpose: a rename in the code must fail this test.
+# docs/api.md "Metrics", written out here on purpose: a rename in the code must fail this test.
 DESIGN_NAMES = {
     "streamrec_embedder_requests_total",
     "streamrec_embedder_items_total",

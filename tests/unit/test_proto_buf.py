@@ -23,7 +23,8 @@ PROTO = Path("protos/streamrec/embedder/v1/embedder.proto")
 
 def last_release() -> Path:
     """The newest snapshot directory, by version number (0.10.0 sorts after 0.9.0)."""
-    versions = sorted(RELEASES.iterdir(), key=lambda p: tuple(int(x) for x in p.name.split(".")))
+    folders = [p for p in RELEASES.iterdir() if p.is_dir()]
+    versions = sorted(folders, key=lambda p: tuple(int(x) for x in p.name.split(".")))
     return versions[-1]
 
 
