@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +20,11 @@ from embedder.errors import EmbedderError
 
 FloatArray = npt.NDArray[np.float32]
 OUTPUT_SUFFIXES = (".npy", ".parquet")
+
+
+# A JSON escape such as "\ud800" decodes to a lone surrogate: a Python str, but not Unicode text that the
+# tokenizer (or a parquet string column) can take.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BulkError(EmbedderError):
@@ -33,7 +39,13 @@ def parse_line(raw: bytes, where: str, text_field: str, id_field: str) -> tuple[
     if not raw.strip():
         return None
     try:
-        obj = json.loads(raw)
+        line = raw.decode("utf-8-sig")  # -sig: a byte order mark at the start of the file is fine
+    except UnicodeDecodeError as exc:
+        raise BulkError(
+            f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+        ) from None
+    try:
+        obj = json.loads(line)
     except ValueError:
         raise BulkError(f"{where}: not a JSON object") from None
     if not isinstance(obj, dict):
@@ -46,7 +58,17 @@ def parse_line(raw: bytes, where: str, text_field: str, id_field: str) -> tuple[
         raise BulkError(f"{where}: field {text_field!r} is empty")
     if not isinstance(ident, str | int) or isinstance(ident, bool):
         raise BulkError(f"{where}: needs a string or integer field {id_field!r}")
+    _check_unicode(text, text_field, where)
+    _check_unicode(str(ident), id_field, where)
     return str(ident), text
+
+
+def _check_unicode(value: str, name: str, where: str) -> None:
+    if (bad := _SURROGATE.search(value)) is not None:
+        raise BulkError(
+            f"{where}: field {name!r} holds a lone surrogate (U+{ord(bad.group()):04X} at character "
+            f"{bad.start() + 1}); strings must be valid Unicode"
+        )
 
 
 def open_catalogue(path: Path) -> BinaryIO:
