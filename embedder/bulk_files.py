@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -17,14 +16,10 @@ import numpy as np
 import numpy.typing as npt
 
 from embedder.errors import EmbedderError
+from embedder.tokenizer import lone_surrogate
 
 FloatArray = npt.NDArray[np.float32]
 OUTPUT_SUFFIXES = (".npy", ".parquet")
-
-
-# A JSON escape such as "\ud800" decodes to a lone surrogate: a Python str, but not Unicode text that the
-# tokenizer (or a parquet string column) can take.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BulkError(EmbedderError):
@@ -64,10 +59,12 @@ def parse_line(raw: bytes, where: str, text_field: str, id_field: str) -> tuple[
 
 
 def _check_unicode(value: str, name: str, where: str) -> None:
-    if (bad := _SURROGATE.search(value)) is not None:
+    """A JSON escape such as "\ud800" is valid JSON but decodes to a lone surrogate, which the tokenizer
+    (or a parquet string column) cannot take."""
+    if (at := lone_surrogate(value)) is not None:
         raise BulkError(
-            f"{where}: field {name!r} holds a lone surrogate (U+{ord(bad.group()):04X} at character "
-            f"{bad.start() + 1}); strings must be valid Unicode"
+            f"{where}: field {name!r} holds a lone surrogate (U+{ord(value[at]):04X} at character "
+            f"{at + 1}); strings must be valid Unicode"
         )
 
 
