@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from embedder.bundle import Bundle, load_bundle, save_bundle
+from embedder.core.bundle import Bundle, load_bundle, save_bundle
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOKENS = 128

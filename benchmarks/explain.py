@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from embedder.bundle import load_bundle
 from embedder.config import load_config
-from embedder.engine import EmbeddingEngine
-from embedder.explain import WORD, Explanation
-from embedder.explain_render import Segment, others_line, rgb, scale_of, segments
-from embedder.explainer import Explainer
+from embedder.core.bundle import load_bundle
+from embedder.core.engine import EmbeddingEngine
+from embedder.explain.attribution import WORD, Explanation
+from embedder.explain.explainer import Explainer
+from embedder.explain.render import Segment, others_line, rgb, scale_of, segments
 from training.evaluate import load_sts
 
 Embed = Callable[[list[str]], np.ndarray]

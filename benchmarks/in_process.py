@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.loadgen import LoadResult, Window, run_closed
-from embedder.bundle import load_bundle
 from embedder.config import load_config
-from embedder.engine import EmbeddingEngine, EmbedOptions
+from embedder.core.bundle import load_bundle
+from embedder.core.engine import EmbeddingEngine, EmbedOptions
 
 
 def make_engine(bundle_dir: Path) -> EmbeddingEngine:

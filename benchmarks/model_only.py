@@ -1,7 +1,7 @@
 """Mode (a), model only: ONNX Runtime in process on fixed batch x sequence-length inputs.
 
 No tokenizer, no batcher, no gRPC: the ceiling the rest of the stack can approach. The sessions are the
-server's own (`embedder.session.make_session`): one single-threaded session per worker thread, one
+server's own (`embedder.core.session.make_session`): one single-threaded session per worker thread, one
 worker per core, as the server runs them (shared/PERF_NOTES.md).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from embedder.session import ATTENTION_MASK, INPUT_IDS, OUTPUT, make_session
+from embedder.core.session import ATTENTION_MASK, INPUT_IDS, OUTPUT, make_session
 
 IntArray = npt.NDArray[np.int64]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.baselines import BASELINES, DEFAULT_CACHE, ensure_baseline, is_cached
-from embedder.bundle import Bundle, load_bundle
+from embedder.core.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 

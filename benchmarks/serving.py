@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.in_process import make_engine
 from benchmarks.loadgen import Window, batches, closed_loop, cpu_s, item_texts, single_caller_latency
-from embedder.bundle import load_bundle
+from embedder.core.bundle import load_bundle
 
 TARGETS = {
     "grpc_items_per_s": 5000.0,

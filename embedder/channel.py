@@ -1,8 +1,8 @@
-"""Client side of `auth.py`: channels in plaintext or TLS (with a client certificate for mTLS), and the
-API key sent as `authorization: Bearer <key>` metadata on every call.
+"""Client side of `embedder/grpc/auth.py`: channels in plaintext or TLS (with a client certificate for
+mTLS), and the API key sent as `authorization: Bearer <key>` metadata on every call.
 
 Kept apart from the clients so the blocking and the asyncio client build channels the same way, and
-apart from `auth.py`, which is server code and pulls in the service.
+apart from `auth.py`, which is server code.
 """
 
 from __future__ import annotations

@@ -26,12 +26,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embedder import bulk, explain_render
-from embedder.bundle import load_bundle
+from embedder.bulk import cli as bulk_cli
 from embedder.config import SECRET_FIELDS, ServerConfig, load_config
-from embedder.engine import EmbeddingEngine, EmbedOptions
+from embedder.core.bundle import load_bundle
+from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from embedder.errors import EmbedderError
-from embedder.server import serve
+from embedder.explain import render as explain_render
+from embedder.grpc.server import serve
 
 PROG = "streamrec-embedder"
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed_file = sub.add_parser(
         "embed-file", help="embed a JSONL catalogue into .npy/.parquet (progress bar, resumable shards)"
     )
-    bulk.add_arguments(embed_file)
+    bulk_cli.add_arguments(embed_file)
     _add_config_flags(embed_file)
     explain = sub.add_parser("explain", help="why two texts are similar: coloured words, --html heatmap")
     explain_render.add_arguments(explain)
@@ -177,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "embed":
             return _cmd_embed(config, args)
         if args.command == "embed-file":
-            return bulk.run_cli(config, args)
+            return bulk_cli.run_cli(config, args)
         if args.command == "explain":
             return explain_render.run_cli(config, args)
         return _cmd_info(config)

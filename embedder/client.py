@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedder.channel import ChannelSecurity
-from embedder.encoding import unpack
+from embedder.grpc.encoding import unpack
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 

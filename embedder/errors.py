@@ -1,4 +1,4 @@
-"""Error types raised inside the service. Each maps to one gRPC status code in `service.py`."""
+"""Error types raised inside the service. Each maps to one gRPC status code in `embedder/grpc/status.py`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class InvalidInputError(EmbedderError):
 
 
 class OverloadedError(EmbedderError):
-    """The batcher queue is full; the caller should back off and retry (RESOURCE_EXHAUSTED)."""
+    """The batch queue is full; the caller should back off and retry (RESOURCE_EXHAUSTED)."""
 
 
 class DeadlineExceededError(EmbedderError):

@@ -50,7 +50,7 @@ _RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class Metrics:
-    """All serving metrics; implements the batcher's `BatchObserver`."""
+    """All serving metrics; implements the scheduler's `BatchObserver` (embedder/core/scheduler.py)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # `_created` series are not in the contract; the switch is process-wide: flip it here, not on import.

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.loadgen import item_texts
-from embedder.bulk import BulkOptions, LocalEmbedder, embed_file
+from embedder.bulk.job import BulkOptions, LocalEmbedder, embed_file
 from embedder.config import load_config
 
 

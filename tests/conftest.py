@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from embedder.bundle import Bundle, load_bundle, save_bundle
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle, load_bundle, save_bundle
+from embedder.core.engine import EmbeddingEngine
 from tests.support import ServerThread, make_config
 
 # The tiny test architecture has no Matryoshka dims; the serving tests need some to exercise `dimensions`.

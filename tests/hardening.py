@@ -22,10 +22,10 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from embedder.bundle import Bundle
 from embedder.config import ServerConfig
-from embedder.server import create_server
-from embedder.session import InferenceSession, SessionFactory, make_session
+from embedder.core.bundle import Bundle
+from embedder.core.session import InferenceSession, SessionFactory, make_session
+from embedder.grpc.server import create_server
 from tests.support import ServerThread, make_config
 
 SECRET = "onnx exploded at /srv/secret/model.onnx"

@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from embedder.bundle import Bundle
 from embedder.config import ServerConfig, load_config
-from embedder.engine import EmbeddingEngine, EmbedOptions
-from embedder.server import RunningServer, create_server
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine, EmbedOptions
+from embedder.grpc.server import RunningServer, create_server
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedder.bundle import EXPLAIN_FILE, Bundle, load_bundle, save_bundle
+from embedder.core.bundle import EXPLAIN_FILE, Bundle, load_bundle, save_bundle
 from training.config import load_job_config
 from training.model import CNNEncoder, ModelConfig, architecture_summary, count_parameters, macs_per_token
 from training.teacher import teacher_tokenizer_path

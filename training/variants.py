@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from embedder.bundle import load_bundle
+from embedder.core.bundle import load_bundle
 
 BATCH, TOKENS = 64, 32
 

@@ -16,9 +16,9 @@ import onnxruntime as ort
 import pytest
 
 from benchmarks.baselines import MAX_TOKENS, _static_onnx, _teacher_dir, ensure_baseline
-from embedder.bundle import load_bundle
 from embedder.config import load_config
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import load_bundle
+from embedder.core.engine import EmbeddingEngine
 from tests.support import sample_texts
 
 

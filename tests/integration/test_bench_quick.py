@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from embedder.bundle import Bundle
+from embedder.core.bundle import Bundle
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = ("throughput_vs_concurrency.png", "latency_cdf.png", "throughput_vs_seq_len.png")

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder.bulk import BulkError, BulkOptions, LocalEmbedder, embed_file, parts_dir
-from embedder.bulk_files import ids_path
-from embedder.bundle import Bundle
+from embedder.bulk.files import ids_path
+from embedder.bulk.job import BulkError, BulkOptions, LocalEmbedder, embed_file, parts_dir
 from embedder.cli import main
-from embedder.engine import EmbeddingEngine, EmbedOptions
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from tests.support import ServerThread, make_config, sample_texts
 
 REPO = Path(__file__).resolve().parents[2]

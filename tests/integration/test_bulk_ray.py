@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import ray
 
-from embedder.bulk import BulkError, BulkOptions, LocalEmbedder, embed_file
-from embedder.bulk_files import ids_path
-from embedder.bundle import Bundle
-from embedder.ray_bulk import embed_file_ray, plan_spans
+from embedder.bulk.files import ids_path
+from embedder.bulk.job import BulkError, BulkOptions, LocalEmbedder, embed_file
+from embedder.bulk.ray_bulk import embed_file_ray, plan_spans
+from embedder.core.bundle import Bundle
 from tests.support import make_config, sample_texts
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from embedder.client import AsyncEmbedderClient, ClientOptions, EmbedderClient
-from embedder.engine import EmbeddingEngine
+from embedder.core.engine import EmbeddingEngine
 from embedder.v1 import embedder_pb2 as pb
 from tests.support import ServerThread, embed_reference, sample_texts
 

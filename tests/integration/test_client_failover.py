@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.bundle import Bundle
 from embedder.client import ClientOptions, EmbedderClient
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine
 from tests.deploy_support import items_served, processes, start_server
 from tests.support import sample_texts
 

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from embedder.bundle import load_bundle
 from embedder.client import ClientOptions, EmbedderClient
+from embedder.core.bundle import load_bundle
 from tests.support import ServerThread, sample_texts
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "streamrec-cnn-v1"

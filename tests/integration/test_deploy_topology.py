@@ -18,10 +18,10 @@ import grpc
 import numpy as np
 import pytest
 
-from embedder.bundle import Bundle
 from embedder.cli import main
 from embedder.client import ClientOptions, EmbedderClient
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine
 from tests.deploy_support import (
     PROMETHEUS_YML,
     Proc,

@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 import torch
 
-from embedder.bundle import load_bundle
+from embedder.core.bundle import load_bundle
 from training.config import load_job_config
 from training.export import add_explain, explain_parity, write_bundle
 from training.model import CNNEncoder

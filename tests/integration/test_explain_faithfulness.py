@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.explain import stsb_faithfulness
-from embedder.bundle import load_bundle
+from embedder.core.bundle import load_bundle
 from training.evaluate import STSB_DIR
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "streamrec-cnn-v1"

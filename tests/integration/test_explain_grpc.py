@@ -19,9 +19,9 @@ import grpc
 import numpy as np
 import pytest
 
-from embedder.bundle import Bundle, save_bundle
 from embedder.client import decode
-from embedder.explainer import MAX_PENDING, Explainer
+from embedder.core.bundle import Bundle, save_bundle
+from embedder.explain.explainer import MAX_PENDING, Explainer
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support import ServerThread, sample_texts

@@ -16,10 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from embedder.bundle import Bundle
 from embedder.client import EmbedderClient, decode
-from embedder.engine import EmbeddingEngine
-from embedder.server import SERVICE_NAME
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine
+from embedder.grpc.server import SERVICE_NAME
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support import ServerThread, embed_reference, sample_texts

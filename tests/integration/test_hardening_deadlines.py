@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import grpc
 import pytest
 
-from embedder.bundle import Bundle
+from embedder.core.bundle import Bundle
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.hardening import FaultServer, fault_server, sample, token_of, wait_until

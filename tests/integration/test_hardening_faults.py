@@ -16,9 +16,9 @@ import grpc
 import numpy as np
 import pytest
 
-from embedder.bundle import Bundle
 from embedder.client import decode
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.hardening import SECRET, fault_server, health_status, sample, token_of, wait_until

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedder.bundle import Bundle
 from embedder.client import decode
+from embedder.core.bundle import Bundle
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.conftest import TEST_MATRYOSHKA_DIMS

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tokenizers import Tokenizer
 
 from embedder.client import decode
-from embedder.engine import EmbeddingEngine
+from embedder.core.engine import EmbeddingEngine
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support import ServerThread, embed_reference

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from embedder import auth
-from embedder.bundle import Bundle
 from embedder.channel import ChannelSecurity
 from embedder.cli import main as cli_main
 from embedder.client import AsyncEmbedderClient, ClientOptions, EmbedderClient
 from embedder.config import load_config
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine
+from embedder.grpc import auth
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.certs import CertificateAuthority

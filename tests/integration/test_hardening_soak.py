@@ -21,7 +21,7 @@ import grpc
 import psutil
 import pytest
 
-from embedder.bundle import Bundle
+from embedder.core.bundle import Bundle
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.hardening import code_of, server_process

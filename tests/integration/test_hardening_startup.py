@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from embedder.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Bundle, file_sha256
+from embedder.core.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Bundle, file_sha256
 from tests.hardening import run_cli
 from tests.unit.test_bundle import swap_two_vocabulary_ids
 

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedder.bundle import Bundle
-from embedder.session import INLINE_BUDGET_S, InferenceSession, SessionPool, make_session
-from embedder.workers import WorkerDiedError
+from embedder.core.bundle import Bundle
+from embedder.core.inline import INLINE_BUDGET_S, InlinePolicy
+from embedder.core.session import InferenceSession, SessionPool, make_session
+from embedder.core.workers import WorkerDiedError
 
 
 class ThreadRecorder:
@@ -54,7 +55,7 @@ def make_pool(bundle: Bundle, recorder: ThreadRecorder, inline_max_tokens: int) 
         m.pad_token_id,
         workers=2,
         session_factory=recorder.factory,
-        inline_max_tokens=inline_max_tokens,
+        inline=InlinePolicy(tokenize_max_chars=0, infer_max_tokens=inline_max_tokens),
     )
     pool.warm_up()  # as the engine does: this is where a slow model loses the inline path
     return pool
@@ -64,24 +65,24 @@ ROW = [101, 2023, 2003, 1037, 3231, 102]
 
 
 @pytest.mark.parametrize(
-    ("rows", "inline_max_tokens", "may_inline", "inline"),
+    ("rows", "inline_max_tokens", "lone", "inline"),
     [
         ([ROW], 128, True, True),
         ([ROW] * 21, 128, True, True),  # 21 x 6 = 126 padded tokens
         ([ROW] * 22, 128, True, False),  # 132 padded tokens
         ([ROW, ROW * 30], 128, True, False),  # padded to the longest row: 2 x 180
         ([ROW], 0, True, False),
-        ([ROW], 128, False, False),  # the batcher says other batches are running or queued
+        ([ROW], 128, False, False),  # the scheduler says other batches are running or queued
     ],
 )
 def test_inline_only_for_lone_tiny_batches(
-    bundle: Bundle, rows: list[list[int]], inline_max_tokens: int, may_inline: bool, inline: bool
+    bundle: Bundle, rows: list[list[int]], inline_max_tokens: int, lone: bool, inline: bool
 ) -> None:
     recorder = ThreadRecorder()
     pool = make_pool(bundle, recorder, inline_max_tokens)
     try:
         recorder.threads.clear()
-        out = asyncio.run(pool.embed_rows_async(rows, may_inline=may_inline))
+        out = asyncio.run(pool.embed_rows_async(rows, lone=lone))
         expected = pool.embed_rows(rows)  # a direct run on this thread, no event loop
         np.testing.assert_allclose(out, expected, atol=1e-6)
         ran_on = recorder.threads[0]
@@ -99,10 +100,10 @@ def test_busy_pool_sends_even_tiny_batches_to_a_worker(bundle: Bundle) -> None:
     async def scenario() -> tuple[np.ndarray, np.ndarray]:
         recorder.gate.clear()
         recorder.entered.clear()
-        first = asyncio.ensure_future(pool.embed_rows_async([ROW] * 40, may_inline=True))  # too big
+        first = asyncio.ensure_future(pool.embed_rows_async([ROW] * 40, lone=True))  # too big
         await asyncio.get_running_loop().run_in_executor(None, recorder.entered.wait, 30)
         # tiny, the caller allows inline, but a worker is busy
-        second = asyncio.ensure_future(pool.embed_rows_async([ROW], may_inline=True))
+        second = asyncio.ensure_future(pool.embed_rows_async([ROW], lone=True))
         await asyncio.sleep(0.05)
         assert not second.done()  # it is held at the gate on a worker, not run inline
         recorder.gate.set()
@@ -125,10 +126,10 @@ def test_system_exit_inline_is_an_ordinary_error_and_the_session_comes_back(bund
     try:
         recorder.exit_on_next = True
         with pytest.raises(WorkerDiedError):
-            asyncio.run(pool.embed_rows_async([ROW], may_inline=True))
+            asyncio.run(pool.embed_rows_async([ROW], lone=True))
         assert recorder.threads[-1] == "MainThread"  # it did run inline
         for _ in range(3):  # both sessions are back: the pool still counts as idle and serves inline
-            assert asyncio.run(pool.embed_rows_async([ROW], may_inline=True)).shape == (1, pool.dim)
+            assert asyncio.run(pool.embed_rows_async([ROW], lone=True)).shape == (1, pool.dim)
         assert pool.inline_batches == 3
     finally:
         pool.close()
@@ -139,9 +140,9 @@ def test_a_model_too_slow_for_the_event_loop_never_runs_inline(bundle: Bundle) -
     recorder.delay_s = 2 * INLINE_BUDGET_S
     pool = make_pool(bundle, recorder, 128)
     try:
-        assert pool.inline_max_tokens == 0  # the warm-up measured it and turned the path off
+        assert pool.inline.infer_max_tokens == 0  # the warm-up measured it and turned the path off
         recorder.threads.clear()
-        asyncio.run(pool.embed_rows_async([ROW], may_inline=True))
+        asyncio.run(pool.embed_rows_async([ROW], lone=True))
         assert recorder.threads[0].startswith("embedder-infer")
     finally:
         pool.close()

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embedder.bundle import Bundle
 from embedder.client import decode
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine
+from embedder.core.scheduler import Reservation
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.hardening import server_process, tally
@@ -35,7 +36,8 @@ def test_drain_order(start_server: Callable[..., ServerThread], reference: Embed
     # A long max_wait_ms plus a caller announced as "being tokenized" (who never comes) keep the
     # accepted call in the batch queue while the drain starts.
     srv = start_server(max_wait_ms=1000, grace_period_s=5)
-    srv.loop.call_soon_threadsafe(srv.running.engine.batcher.expect_arrival)
+    held: list[Reservation] = []  # never submitted nor released while the drain runs
+    srv.loop.call_soon_threadsafe(lambda: held.append(srv.running.engine.scheduler.reserve(0)))
     texts = ["accepted before the drain", "and finishes"]
     with grpc.insecure_channel(srv.address) as ch, ThreadPoolExecutor(2) as pool:
         stub = pb_grpc.EmbedderStub(ch)
@@ -49,7 +51,7 @@ def test_drain_order(start_server: Callable[..., ServerThread], reference: Embed
         with pytest.raises(grpc.RpcError) as info:
             stub.Embed(pb.EmbedRequest(texts=["too late"]), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert not accepted.done()  # still waiting in the batcher: the drain did not cut it off
+        assert not accepted.done()  # still waiting in the queue: the drain did not cut it off
         np.testing.assert_allclose(
             decode(accepted.result(timeout=10)), embed_reference(reference, texts), atol=1e-5
         )

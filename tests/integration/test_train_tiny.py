@@ -55,7 +55,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_tiny_job_writes_a_verified_bundle_with_parity(tiny_run: tuple[Path, Path]) -> None:
-    from embedder.bundle import load_bundle
+    from embedder.core.bundle import load_bundle
 
     work, bundle = tiny_run
     manifest = load_bundle(bundle).manifest

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from embedder.bundle import (
+from embedder.cli import main
+from embedder.core.bundle import (
     MANIFEST_FILE,
     TOKENIZER_FILE,
     TYPE_CHECKS,
@@ -24,7 +25,6 @@ from embedder.bundle import (
     file_sha256,
     load_bundle,
 )
-from embedder.cli import main
 from embedder.errors import BundleError
 
 COMMITTED = Path(__file__).resolve().parents[2] / "models" / "streamrec-cnn-v1"
@@ -74,7 +74,7 @@ def test_a_format_1_bundle_still_loads_and_says_its_tokenizer_is_unverified(
 ) -> None:
     root = _copy(bundle, tmp_path)
     _edit_manifest(root, format_version=1, tokenizer_sha256=_DROP)
-    with caplog.at_level(logging.WARNING, logger="embedder.bundle"):
+    with caplog.at_level(logging.WARNING, logger="embedder.core.bundle"):
         old = load_bundle(root)
     assert old.manifest.format_version == 1 and TOKENIZER_FILE not in old.manifest.hashed_files()
     assert "does not hash tokenizer.json" in caplog.text

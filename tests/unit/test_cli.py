@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder.bundle import Bundle
 from embedder.cli import build_parser, main
 from embedder.config import ServerConfig
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine
 
 
 def test_embed_args_to_json_lines(

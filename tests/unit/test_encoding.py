@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedder.encoding import pack, postprocess, unpack
+from embedder.core.postprocess import postprocess
+from embedder.grpc.encoding import pack, unpack
 from embedder.v1 import embedder_pb2 as pb
 
 

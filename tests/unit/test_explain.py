@@ -1,4 +1,4 @@
-"""Explain math and word merging (embedder/explain.py), on the real tokenizer and real explain graph."""
+"""Explain math and word merging (embedder/explain/attribution.py), on the real tokenizer and graph."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder.bundle import Bundle, load_bundle, save_bundle
-from embedder.engine import EmbeddingEngine, EmbedOptions
+from embedder.core.bundle import Bundle, load_bundle, save_bundle
+from embedder.core.engine import EmbeddingEngine, EmbedOptions
+from embedder.core.tokenizer import TextTokenizer
 from embedder.errors import BundleError, InvalidInputError
-from embedder.explain import (
+from embedder.explain.attribution import (
     BIAS,
     SPECIAL,
     WORD,
@@ -21,8 +22,7 @@ from embedder.explain import (
     self_terms,
     top_word_pairs,
 )
-from embedder.explainer import Explainer, ExplainOptions
-from embedder.tokenizer import TextTokenizer
+from embedder.explain.explainer import Explainer, ExplainOptions
 
 UNICODE = "Unbelievably  naïve Café-owners ❤ 東京タワー (x²) don't"
 
@@ -96,7 +96,7 @@ def test_top_pairs_are_word_pairs_largest_first(explainer: Explainer) -> None:
 
 
 def test_top_word_pairs_skip_special_units() -> None:
-    from embedder.explain import Unit
+    from embedder.explain.attribution import Unit
 
     units = [Unit("[CLS]", SPECIAL), Unit("a", WORD), Unit("[bias]", BIAS)]
     pairs = np.array([[9.0, 1.0, 9.0], [1.0, 2.0, 1.0], [9.0, 1.0, 9.0]])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from embedder.bundle import Bundle
 from embedder.cli import main
+from embedder.core.bundle import Bundle
 
 ANSI_BG = re.compile(r"\x1b\[48;2;(\d+);(\d+);(\d+)m([^\x1b]*)\x1b\[0m")
 
@@ -49,7 +49,7 @@ def test_html_heatmap_is_self_contained(
 def test_bundle_without_explain_is_a_one_line_error(
     bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from embedder.bundle import save_bundle
+    from embedder.core.bundle import save_bundle
 
     fields = bundle.manifest.writer_fields()
     plain = save_bundle(tmp_path / "plain", bundle.model_path, bundle.tokenizer_path, **fields)

@@ -7,7 +7,7 @@ import sys
 
 PROBE = """
 import sys, threading
-import embedder.server, embedder.cli, embedder.client
+import embedder.grpc.server, embedder.cli, embedder.client
 assert threading.active_count() == 1, threading.enumerate()
 print("torch" in sys.modules, "onnxruntime" in sys.modules)
 """

@@ -14,7 +14,7 @@ from embedder.errors import (
     OverloadedError,
     ShuttingDownError,
 )
-from embedder.service import status_for
+from embedder.grpc.status import status_for
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedder.bundle import Bundle
+from embedder.core.bundle import Bundle
+from embedder.core.tokenizer import TextTokenizer, pad_batch
 from embedder.errors import InvalidInputError
-from embedder.tokenizer import TextTokenizer, pad_batch
 
 CLS, SEP = 101, 102
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from embedder.workers import DaemonThreadPool, WorkerDiedError
+from embedder.core.workers import DaemonThreadPool, WorkerDiedError
 
 
 class PanicException(BaseException):

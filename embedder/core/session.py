@@ -7,13 +7,8 @@ A watchdog bounds every batch by `inference_timeout_s`: a worker stuck past it i
 callers get an error, its session is replaced by a fresh one), so a stuck or dead worker never leaves
 callers waiting forever. Sessions come from a `SessionFactory`, the seam tests use to inject faults.
 
-A lone tiny batch (at most `inline_max_tokens` padded tokens, the caller says no other batch is
-running or queued, every worker idle) runs right on the calling event-loop thread: for one short text
-the hop to a worker and back costs ~0.4 ms, the CNN's ONNX run ~0.06 ms. Only for a model that is fast
-enough: `warm_up` times a batch of that size and turns the inline path off if it takes more than
-`INLINE_BUDGET_S` (a transformer would hold the loop for milliseconds). The watchdog cannot cover an
-inline batch: if ONNX Runtime hung on one, the whole server would stop answering and its liveness
-probe would restart it. `inline_max_tokens=0` sends every batch to the workers.
+A lone tiny batch may run right on the calling event-loop thread instead; `embedder.core.inline`
+decides when (and `warm_up` calibrates it). The watchdog cannot cover an inline batch.
 """
 
 from __future__ import annotations
@@ -32,17 +27,16 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from embedder.core.inline import InlinePolicy
+from embedder.core.tokenizer import pad_batch
+from embedder.core.workers import DaemonThreadPool, call_guarded
 from embedder.errors import BundleError, InferenceError, InferenceTimeoutError
-from embedder.tokenizer import pad_batch
-from embedder.workers import DaemonThreadPool, call_guarded
 
 log = logging.getLogger(__name__)
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 OUTPUT = "embeddings"
-# The longest an inline batch of `inline_max_tokens` may take (fastest of the warm-up runs).
-INLINE_BUDGET_S = 0.0005
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -107,15 +101,16 @@ class SessionPool:
         inference_timeout_s: float | None = None,
         session_factory: SessionFactory | None = None,
         on_exhausted: Callable[[], None] | None = None,
-        inline_max_tokens: int = 0,
+        inline: InlinePolicy | None = None,
     ) -> None:
+        """`inline`: when a batch may run on the caller's thread (default: never)."""
         if workers <= 0:
             raise ValueError(f"workers must be > 0 (got {workers})")
         self.dim = dim
         self.pad_token_id = pad_token_id
         self.workers = workers
         self.inference_timeout_s = inference_timeout_s
-        self.inline_max_tokens = inline_max_tokens
+        self.inline = inline or InlinePolicy(0, 0)
         self.inline_batches = 0
         self._model_path = Path(model_path)
         self._intra_op_threads = intra_op_threads
@@ -172,11 +167,12 @@ class SessionPool:
         input_ids, attention_mask = pad_batch(rows, self.pad_token_id)
         return self.run(input_ids, attention_mask, job)
 
-    async def embed_rows_async(self, rows: list[list[int]], *, may_inline: bool = False) -> FloatArray:
-        """`embed_rows` on a worker thread, bounded by `inference_timeout_s` (InferenceTimeoutError);
-        with `may_inline`, a tiny batch with every worker idle runs inline instead (module docstring)."""
-        if may_inline and rows and len(rows) * max(map(len, rows)) <= self.inline_max_tokens:
-            session = self._take_idle_session()
+    async def embed_rows_async(self, rows: list[list[int]], lone: bool = False) -> FloatArray:
+        """`embed_rows` on a worker thread, bounded by `inference_timeout_s` (InferenceTimeoutError), or
+        inline when the policy allows it; `lone`: no other batch is running or queued."""
+        idle = self._free.qsize() >= self.workers
+        if self.inline.infer_inline(rows, lone=lone, workers_idle=idle):
+            session = self._take_session_nowait()
             if session is not None:
                 return self._run_inline(session, rows)
         job = _Job()
@@ -189,10 +185,7 @@ class SessionPool:
                 f"batch of {len(rows)} texts ran past inference_timeout_s={self.inference_timeout_s}"
             ) from None
 
-    def _take_idle_session(self) -> InferenceSession | None:
-        """A session, only if none is in use (a running batch means load: leave the loop free)."""
-        if self._free.qsize() < self.workers:
-            return None
+    def _take_session_nowait(self) -> InferenceSession | None:
         try:
             return self._free.get_nowait()
         except queue.Empty:
@@ -246,33 +239,19 @@ class SessionPool:
                     raise BundleError(
                         f"model outputs shape {out.shape} for 2 texts; manifest says dim={self.dim}"
                     )
-            if self.inline_max_tokens > 0:
-                self._check_inline_speed(sessions[0])
+            first = sessions[0]
+            self.inline.calibrate(lambda tokens: self._time_one_run(first, tokens))
         finally:
             for session in sessions:
                 self._free.put(session)
 
-    def _check_inline_speed(self, session: InferenceSession, max_runs: int = 20) -> None:
-        """Turn the inline path off if a batch of `inline_max_tokens` padded tokens is too slow for the
-        event loop. One run within budget is enough (a noisy neighbour at start-up only slows runs down);
-        three runs all over 10x the budget settle it the other way (a transformer costs milliseconds)."""
-        ids = np.full((1, self.inline_max_tokens), self.pad_token_id, dtype=np.int64)
+    def _time_one_run(self, session: InferenceSession, tokens: int) -> float:
+        """Seconds one run of a single row of `tokens` padded tokens takes (inline calibration)."""
+        ids = np.full((1, tokens), self.pad_token_id, dtype=np.int64)
         feed = {INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids)}
-        fastest = float("inf")
-        for run in range(max_runs):
-            started = time.perf_counter()
-            session.run([OUTPUT], feed)
-            fastest = min(fastest, time.perf_counter() - started)
-            if fastest <= INLINE_BUDGET_S or (run >= 2 and fastest > 10 * INLINE_BUDGET_S):
-                break
-        if fastest > INLINE_BUDGET_S:
-            log.info(
-                "inline inference off: %d padded tokens take %.2f ms (budget %.2f ms)",
-                self.inline_max_tokens,
-                fastest * 1e3,
-                INLINE_BUDGET_S * 1e3,
-            )
-            self.inline_max_tokens = 0
+        started = time.perf_counter()
+        session.run([OUTPUT], feed)
+        return time.perf_counter() - started
 
     def close(self) -> None:
         """Stop the worker threads; a stuck one is left behind (daemon) and cannot block exit."""

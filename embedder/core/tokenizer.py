@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Encoding, Tokenizer
 
+from embedder.core.tokenizer_prefix import PrefixCutter
 from embedder.errors import BundleError, InvalidInputError
-from embedder.tokenizer_prefix import PrefixCutter
 
 # A JSON escape ("\ud800") or a non-UTF-8 command line (surrogateescape) gives a str with a lone
 # surrogate: not text the tokenizer (or a UTF-8 wire format) can take.

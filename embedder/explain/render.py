@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedder.bundle import load_bundle
 from embedder.config import ServerConfig
-from embedder.explain import WORD, Explanation, TextAttribution
-from embedder.explainer import Explainer, ExplainOptions
+from embedder.core.bundle import load_bundle
+from embedder.explain.attribution import WORD, Explanation, TextAttribution
+from embedder.explain.explainer import Explainer, ExplainOptions
 
 RESET = "\x1b[0m"
 

@@ -1,61 +1,36 @@
-"""The gRPC Embedder service: protobuf <-> engine, per-request metrics, and THE error-to-status mapping.
+"""The gRPC Embedder servicer: routes calls to the engine and explainer, counts them, answers them.
 
-`status_for` is the one place where our error types become gRPC status codes. Unexpected errors become
-INTERNAL with a request id; the trace goes to the log, never to the caller.
+Translation protobuf <-> core is in `translate.py`; the error -> status map in `status.py`; the drain
+state is the core's `ServingGate`, shared with the engine. Unexpected errors become INTERNAL with a
+request id; the trace goes to the log, never to the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from embedder.encoding import ENCODINGS, pack, timing
-from embedder.engine import EmbeddingEngine, EmbedOptions, EmbedResult
-from embedder.errors import (
-    DeadlineExceededError,
-    EmbedderError,
-    InvalidInputError,
-    NotSupportedError,
-    OverloadedError,
-    ShuttingDownError,
-    UnauthenticatedError,
-)
-from embedder.explainer import explain_response
+from embedder.config import ServerConfig
+from embedder.core.engine import EmbeddingEngine
+from embedder.core.gate import ServingGate
+from embedder.errors import InvalidInputError, NotSupportedError, ShuttingDownError
+from embedder.explain.explainer import Explainer, unsupported_message
+from embedder.grpc import translate
+from embedder.grpc.status import status_for
 from embedder.metrics import Metrics
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
-log = logging.getLogger(__name__)
 R = TypeVar("R")
 
-_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
-    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
-    (NotSupportedError, grpc.StatusCode.UNIMPLEMENTED),
-)
-
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
-# Caller-chosen ids are echoed and logged: keep them short and printable (no log injection).
-MAX_REQUEST_ID_CHARS = 128
-
-
-def status_for(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
-    """Map an exception to (status code, message for the caller). The only such mapping in the server."""
-    for kind, code in _STATUS:
-        if isinstance(exc, kind):
-            return code, str(exc)
-    log.error("internal error, request_id=%s", request_id, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+_RECONNECT = "server is shutting down; reconnect elsewhere"
 
 
 def _lenient(kind: type[Message]) -> Any:
@@ -100,60 +75,35 @@ def add_to_server(service: EmbedderService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
 
-def request_id_of(request: pb.EmbedRequest | pb.ExplainRequest | None) -> str:
-    """The caller's request id if it is usable (short, printable), else a generated one."""
-    rid = request.request_id if request is not None else ""
-    if 0 < len(rid) <= MAX_REQUEST_ID_CHARS and rid.isprintable():
-        return rid
-    return uuid.uuid4().hex[:16]
-
-
-def check_request(request: pb.EmbedRequest | None) -> pb.EmbedRequest:
-    """Raise `InvalidInputError` for what the engine cannot see: undecodable bytes, a bad request_id."""
-    if request is None:
-        raise InvalidInputError(
-            "request: not a valid EmbedRequest (e.g. a text that is not valid UTF-8); "
-            "texts must be UTF-8 strings"
-        )
-    check_request_id(request.request_id)
-    return request
-
-
-def check_request_id(rid: str) -> None:
-    if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
-        raise InvalidInputError(
-            f"request_id: must be at most {MAX_REQUEST_ID_CHARS} printable characters "
-            f"(got {len(rid)} characters)"
-        )
-
-
-def options_from(request: pb.EmbedRequest) -> EmbedOptions:
-    return EmbedOptions(
-        normalize=request.normalize if request.HasField("normalize") else True,
-        dimensions=request.dimensions,
-        truncate=request.truncate if request.HasField("truncate") else True,
-        encoding=int(request.encoding),
-    )
-
-
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
 
 class EmbedderService(pb_grpc.EmbedderServicer):
-    """Embed, EmbedStream, GetModelInfo, Explain over one `EmbeddingEngine`."""
+    """Embed, EmbedStream, GetModelInfo, Explain over one `EmbeddingEngine` (and its explainer, if any)."""
 
-    def __init__(self, engine: EmbeddingEngine, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        engine: EmbeddingEngine,
+        metrics: Metrics,
+        *,
+        explainer: Explainer | None = None,
+        config: ServerConfig | None = None,
+        gate: ServingGate | None = None,
+    ) -> None:
         self._engine = engine
+        self._explainer = explainer
+        self._config = config or engine.config
         self._metrics = metrics
-        self._draining = False
+        self._gate = gate or engine.gate
         self._stream_readers: set[asyncio.Task[None]] = set()
-        self._model_info = self._build_model_info()
+        self._model_info = translate.model_info(engine, self._config, explainer is not None)
+        # When the server drains, open streams stop reading: their in-flight messages are answered,
+        # then the stream ends with UNAVAILABLE.
+        self._gate.on_close(self._stop_reading_streams)
 
-    def start_draining(self) -> None:
-        """New calls and new stream messages get UNAVAILABLE; stream readers stop reading."""
-        self._draining = True
+    def _stop_reading_streams(self) -> None:
         for task in list(self._stream_readers):
             task.cancel()
 
@@ -163,8 +113,8 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
         started = time.monotonic()
-        request_id = request_id_of(request)
-        work = self._embed(request, request_id, started, _deadline(context))
+        request_id = translate.request_id_of(request)
+        work = partial(self._embed, request, request_id, started, _deadline(context))
         response = await self._answer("Embed", work, context, request_id, started)
         self._observe_ok("Embed", response, started)
         return response
@@ -175,11 +125,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> AsyncIterator[pb.EmbedResponse]:
         """Messages run concurrently (so they batch together); responses come back in request order."""
-        if self._draining:
-            code, message = status_for(ShuttingDownError("server is shutting down; reconnect elsewhere"), "")
-            await context.abort(code, message)
+        await self._abort_if_draining(context)
         inflight: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None] = asyncio.Queue(
-            maxsize=self._engine.config.max_stream_inflight
+            maxsize=self._config.max_stream_inflight
         )
         deadline = _deadline(context)
         reader = asyncio.get_running_loop().create_task(
@@ -195,9 +143,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             while not inflight.empty():
                 if (task := inflight.get_nowait()) is not None:
                     task.cancel()
-        if self._draining:
-            code, message = status_for(ShuttingDownError("server is shutting down; reconnect elsewhere"), "")
-            await context.abort(code, message)
+        await self._abort_if_draining(context)
         if not reader.cancelled() and (exc := reader.exception()) is not None:
             raise exc
 
@@ -207,45 +153,50 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         context: grpc.aio.ServicerContext[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
         started = time.monotonic()
-        error: EmbedderError | None = None
-        if request is None:
-            error = InvalidInputError("request: not a valid GetModelInfoRequest")
-        elif self._draining:
-            error = ShuttingDownError("server is shutting down")
-        if error is not None:
-            code, message = status_for(error, request_id_of(None))
-            self._metrics.observe_request("GetModelInfo", code.name, time.monotonic() - started)
-            await context.abort(code, message)
+
+        async def info() -> pb.ModelInfo:
+            if request is None:
+                raise InvalidInputError("request: not a valid GetModelInfoRequest")
+            return self._model_info
+
+        response = await self._answer("GetModelInfo", info, context, translate.request_id_of(None), started)
         self._metrics.observe_request("GetModelInfo", "OK", time.monotonic() - started)
-        return self._model_info
+        return response
 
     async def Explain(  # noqa: N802 (gRPC method name)
         self,
         request: pb.ExplainRequest | None,
         context: grpc.aio.ServicerContext[pb.ExplainRequest, pb.ExplainResponse],
     ) -> pb.ExplainResponse:
-        """Token attribution (embedder/explainer.py): off the event loop, outside the batcher."""
+        """Token attribution (embedder/explain/): off the event loop, outside the scheduler."""
         started = time.monotonic()
-        request_id = request_id_of(request)
-        work = self._explain(request, request_id, started, _deadline(context))
+        request_id = translate.request_id_of(request)
+        work = partial(self._explain, request, request_id, started, _deadline(context))
         response = await self._answer("Explain", work, context, request_id, started)
         self._metrics.observe_request("Explain", "OK", time.monotonic() - started)
         return response
 
     # -- internals ------------------------------------------------------------------------------------
 
+    async def _abort_if_draining(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if not self._gate.is_open:
+            code, message = status_for(ShuttingDownError(_RECONNECT), "")
+            await context.abort(code, message)
+
     async def _answer(
         self,
         method: str,
-        work: Awaitable[R],
+        work: Callable[[], Awaitable[R]],
         context: grpc.aio.ServicerContext[Any, Any],
         request_id: str,
         started: float,
     ) -> R:
-        """`work`'s response for a unary call. A failure is counted under its status code and ends the
-        call with that status and a message naming the request id; a cancellation counts as CANCELLED."""
+        """`work()`'s response for a unary call, once the gate lets it in. A failure is counted under its
+        status code and ends the call with that status and a message naming the request id; a
+        cancellation counts as CANCELLED."""
         try:
-            return await work
+            self._gate.check()
+            return await work()
         except asyncio.CancelledError:
             self._metrics.observe_request(method, "CANCELLED", time.monotonic() - started)
             raise
@@ -255,33 +206,23 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             await context.abort(code, message)
 
     async def _explain(
-        self, request: pb.ExplainRequest | None, request_id: str, started: float, deadline: float | None
+        self, raw: pb.ExplainRequest | None, request_id: str, started: float, deadline: float | None
     ) -> pb.ExplainResponse:
-        if self._draining:
-            raise ShuttingDownError("server is shutting down; retry on another replica")
-        if request is None:
-            raise InvalidInputError(
-                "request: not a valid ExplainRequest (e.g. a text that is not valid UTF-8)"
-            )
-        check_request_id(request.request_id)
-        return await explain_response(
-            self._engine.explainer,
-            self._engine.manifest,
-            request,
-            request_id=request_id,
-            started=started,
-            deadline=deadline,
-        )
+        request = translate.explain_request(raw)
+        manifest = self._engine.manifest
+        if self._explainer is None:
+            raise NotSupportedError(unsupported_message(manifest))
+        options = translate.explain_options(request)
+        result = await self._explainer.run_async(request.query, request.candidate, options, deadline)
+        return translate.explain_response(result, request_id, manifest.name, started)
 
     async def _embed(
         self, raw: pb.EmbedRequest | None, request_id: str, started: float, deadline: float | None
     ) -> pb.EmbedResponse:
-        if self._draining:
-            raise ShuttingDownError("server is shutting down; retry on another replica")
-        request = check_request(raw)
-        options = options_from(request)
-        result = await self._engine.embed(request.texts, options, deadline)
-        return self._response(request_id, options, result, started)
+        options, encoding = translate.embed_request(raw)
+        assert raw is not None  # embed_request refuses None
+        result = await self._engine.embed(raw.texts, options, deadline)
+        return translate.embed_response(request_id, encoding, result, started, self._engine.manifest.name)
 
     async def _read_stream(
         self,
@@ -312,7 +253,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     ) -> pb.EmbedResponse:
         """One stream message; failures become the message's `error` field, and the stream goes on."""
         started = time.monotonic()
-        request_id = request_id_of(request)
+        request_id = translate.request_id_of(request)
         try:
             response = await self._embed(request, request_id, started, deadline)
         except asyncio.CancelledError:  # the caller cancelled the stream or its deadline passed
@@ -327,54 +268,8 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         self._observe_ok("EmbedStream", response, started)
         return response
 
-    def _response(
-        self, request_id: str, options: EmbedOptions, result: EmbedResult, started: float
-    ) -> pb.EmbedResponse:
-        packed = pack(result.embeddings, options.encoding)
-        count, dim = result.embeddings.shape
-        return pb.EmbedResponse(
-            request_id=request_id,
-            dim=dim,
-            count=count,
-            encoding=options.encoding,  # type: ignore[arg-type]
-            embeddings=packed.data,
-            scales=packed.scales,
-            token_counts=result.token_counts,
-            total_tokens=sum(result.token_counts),
-            timing=timing(result.tokenize_s, result.queue_s, result.inference_s, started),
-            model=self._engine.manifest.name,
-        )
-
     def _observe_ok(self, method: str, response: pb.EmbedResponse, started: float) -> None:
         self._metrics.observe_request(
             method, "OK", time.monotonic() - started, items=response.count, tokens=response.total_tokens
         )
         self._metrics.queue_wait.observe(response.timing.queue_us / 1e6)
-
-    def _build_model_info(self) -> pb.ModelInfo:
-        m = self._engine.manifest
-        cfg = self._engine.config
-        limits = pb.ServerLimits(
-            max_texts_per_request=cfg.max_texts_per_request,
-            max_text_chars=cfg.max_text_chars,
-            max_batch_items=cfg.max_batch_items,
-            max_batch_tokens=cfg.max_batch_tokens,
-            max_wait_ms=cfg.max_wait_ms,
-            max_queued_items=cfg.max_queued_items,
-            max_receive_message_bytes=cfg.max_receive_message_bytes,
-            workers=self._engine.workers,
-        )
-        return pb.ModelInfo(
-            name=m.name,
-            version=m.version,
-            dim=m.dim,
-            max_tokens=m.max_tokens,
-            matryoshka_dims=m.matryoshka_dims,
-            parameters=m.parameters,
-            architecture=m.architecture,
-            metrics={k: float(v) for k, v in m.metrics.items()},
-            sha256=m.sha256,
-            limits=limits,
-            encodings=list(ENCODINGS),
-            supports_explain=self._engine.explainer is not None,
-        )

@@ -3,6 +3,8 @@
     streamrec-embedder embed-file catalogue.jsonl --out embeddings.npy            # in-process (ONNX here)
     streamrec-embedder embed-file catalogue.jsonl --out e.npy --address lb:50051  # through running servers
 
+(the flags are in `embedder.bulk.cli`; the Ray runner, `embedder.bulk.ray_bulk`, builds on this module).
+
 Each input line is a JSON object with an id and a text (`{"id": "tt0108778", "text": "..."}`). The input
 is cut into shards of `shard_items` rows. A finished shard is written atomically to `<out>.parts/`
 together with a digest of its input lines; a rerun reuses every shard whose digest still matches and
@@ -15,12 +17,10 @@ string per line; `.parquet`: columns `id`, `embedding`) and the parts are remove
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +32,7 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from embedder.bulk_files import (
+from embedder.bulk.files import (
     BulkError,
     FloatArray,
     atomic_write,
@@ -42,10 +42,10 @@ from embedder.bulk_files import (
     parse_line,
     write_output,
 )
-from embedder.bundle import load_bundle
 from embedder.client import ClientOptions, EmbedderClient
 from embedder.config import ServerConfig
-from embedder.engine import EmbeddingEngine, EmbedOptions
+from embedder.core.bundle import load_bundle
+from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from embedder.errors import EmbedderError
 
 __all__ = ["BulkError", "BulkOptions", "BulkReport", "LocalEmbedder", "RemoteEmbedder", "embed_file"]
@@ -312,97 +312,3 @@ def embed_file(
     if not keep_parts:
         shutil.rmtree(parts)
     return BulkReport(total, embedder.dim, shards, reused, time.monotonic() - started)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `embed-file` flags (the serving config flags are added by the CLI next to these)."""
-    d = BulkOptions()
-    parser.add_argument("input", type=Path, help="JSONL catalogue: one {id, text} object per line")
-    parser.add_argument("--out", type=Path, required=True, help="output .npy (+ .ids.jsonl) or .parquet")
-    parser.add_argument(
-        "--address", action="append", default=None, help="embed through this server (repeat for several)"
-    )
-    parser.add_argument("--text-field", default=d.text_field, help=f"(default {d.text_field!r})")
-    parser.add_argument("--id-field", default=d.id_field, help=f"(default {d.id_field!r})")
-    parser.add_argument("--shard-items", type=int, default=d.shard_items, help="rows per resumable shard")
-    parser.add_argument("--batch-items", type=int, default=d.batch_items, help="texts per model call")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight with --address")
-    parser.add_argument("--no-normalize", action="store_true", help="store raw pooled embeddings")
-    parser.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation (0 = full)")
-    parser.add_argument("--no-truncate", action="store_true", help="fail on texts over max_tokens")
-    parser.add_argument("--restart", action="store_true", help="discard parts of an earlier run")
-    parser.add_argument("--keep-parts", action="store_true", help="keep <out>.parts/ after joining")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--ray", action="store_true", help="run on Ray Data (extra `ray`): one ONNX session per actor"
-    )
-    parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start one here)")
-    parser.add_argument("--ray-actors", type=int, default=0, help="embedding actors (0 = one per CPU)")
-
-
-def options_from_args(args: argparse.Namespace) -> BulkOptions:
-    return BulkOptions(
-        text_field=args.text_field,
-        id_field=args.id_field,
-        shard_items=args.shard_items,
-        batch_items=args.batch_items,
-        normalize=not args.no_normalize,
-        dimensions=args.dimensions,
-        truncate=not args.no_truncate,
-    )
-
-
-def _run_ray(config: ServerConfig, options: BulkOptions, args: argparse.Namespace) -> BulkReport:
-    if args.address:
-        raise BulkError("--ray embeds in Ray actors; it cannot be combined with --address")
-    check_batch_items(options, config)
-    try:
-        from embedder.ray_bulk import embed_file_ray
-    except ImportError:
-        raise BulkError("--ray needs the `ray` extra: pip install 'streamrec-embedder[ray]'") from None
-    return embed_file_ray(
-        args.input,
-        args.out,
-        config,
-        options,
-        address=args.ray_address,
-        actors=args.ray_actors,
-        progress=not args.no_progress,
-    )
-
-
-def _run_here(config: ServerConfig, options: BulkOptions, args: argparse.Namespace) -> BulkReport:
-    embedder: BatchEmbedder = (
-        RemoteEmbedder(args.address, options, args.concurrency)
-        if args.address
-        else LocalEmbedder(config, options)
-    )
-    try:
-        return embed_file(
-            args.input,
-            args.out,
-            embedder,
-            options,
-            restart=args.restart,
-            keep_parts=args.keep_parts,
-            progress=not args.no_progress,
-        )
-    finally:
-        embedder.close()
-
-
-def run_cli(config: ServerConfig, args: argparse.Namespace) -> int:
-    """`streamrec-embedder embed-file`: in-process, through servers (--address), or on Ray (--ray)."""
-    options = options_from_args(args)
-    open_catalogue(args.input).close()  # a wrong path is said before any model loads
-    try:
-        report = _run_ray(config, options, args) if args.ray else _run_here(config, options, args)
-    except KeyboardInterrupt:
-        kept = "a Ray job restarts whole" if args.ray else f"finished shards are in {parts_dir(args.out)}"
-        print(f"interrupted ({kept}): rerun the same command to resume", file=sys.stderr)
-        return 130
-    rate = report.rows / report.seconds if report.seconds > 0 else 0.0
-    shards = f"; {report.shards_reused}/{report.shards} shards reused" if report.shards else ""
-    done = f"{report.rows} rows x {report.dim} -> {args.out} in {report.seconds:.1f}s"
-    print(f"{done} ({rate:.0f} items/s{shards})", file=sys.stderr)
-    return 0

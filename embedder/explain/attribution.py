@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from embedder.tokenizer import TokenSpans
+from embedder.core.tokenizer import TokenSpans
 
 F64 = npt.NDArray[np.float64]
 

@@ -1,8 +1,6 @@
-"""Embedding post-processing and wire packing, shared by the server (pack) and the client (unpack),
-and the per-call `Timing` message both Embed and Explain answer with.
-
-Order matters: Matryoshka truncation first, then L2 normalisation (a truncated prefix of a unit vector
-is not a unit vector), then packing as little-endian float32 / float16 / int8 with one scale per row.
+"""The wire codec: embeddings packed as little-endian float32 / float16 / int8 (one scale per row),
+shared by the server (pack) and the client (unpack), and the per-call `Timing` message both Embed and
+Explain answer with. Post-processing (truncation, normalisation) comes before, in the core.
 """
 
 from __future__ import annotations
@@ -30,15 +28,6 @@ _DTYPES: dict[int, np.dtype[Any]] = {
 class Packed:
     data: bytes
     scales: list[float]
-
-
-def postprocess(embeddings: FloatArray, dimensions: int, normalize: bool) -> FloatArray:
-    """Keep the first `dimensions` values (0 = all), then L2-normalise rows if asked."""
-    out = embeddings[:, :dimensions] if 0 < dimensions < embeddings.shape[1] else embeddings
-    if normalize:
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out = out / np.maximum(norms, np.float32(1e-12))
-    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def pack(embeddings: FloatArray, encoding: int) -> Packed:

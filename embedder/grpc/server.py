@@ -3,7 +3,8 @@
 `create_server(config, bundle)` binds (port 0 picks a free port), starts serving and returns a
 `RunningServer` carrying the bound ports, so tests never guess ports. `serve(config)` adds SIGTERM/SIGINT
 handling: health goes NOT_SERVING, new calls get UNAVAILABLE, accepted calls get `grace_period_s` to
-finish, then the process exits 0. Optional TLS/mTLS and API keys come from `auth.py`.
+finish, then the process exits 0. Optional TLS/mTLS and API keys come from `auth.py`; the drain state is
+the core's `ServingGate`, which the engine and the servicer both obey.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from embedder.auth import ApiKeyInterceptor, load_api_keys, server_credentials
-from embedder.bundle import Bundle, load_bundle
 from embedder.config import ServerConfig
-from embedder.drain import InflightTracker
-from embedder.engine import EmbeddingEngine
+from embedder.core.bundle import Bundle, load_bundle
+from embedder.core.engine import EmbeddingEngine
+from embedder.core.gate import ServingGate
+from embedder.core.session import SessionFactory
 from embedder.errors import ConfigError
+from embedder.explain.explainer import Explainer
+from embedder.grpc.auth import ApiKeyInterceptor, load_api_keys, server_credentials
+from embedder.grpc.drain import InflightTracker
+from embedder.grpc.service import SERVICE_NAME, EmbedderService, add_to_server
 from embedder.metrics import Metrics
-from embedder.service import SERVICE_NAME, EmbedderService, add_to_server
-from embedder.session import SessionFactory
 
 __all__ = ["SERVICE_NAME", "RunningServer", "create_server", "serve"]
 
@@ -47,10 +50,12 @@ class RunningServer:
     port: int
     metrics_port: int | None
     engine: EmbeddingEngine
+    explainer: Explainer | None
     service: EmbedderService
     health: Any  # grpc_health.v1.health.aio.HealthServicer (the stubs lack the aio module)
     metrics: Metrics
     inflight: InflightTracker
+    gate: ServingGate
     _stopped: bool = False
 
     async def stop(self, grace_s: float) -> None:
@@ -60,7 +65,7 @@ class RunningServer:
         self._stopped = True
         log.info("draining: health NOT_SERVING, new calls UNAVAILABLE, grace %.1fs", grace_s)
         await self.health.enter_graceful_shutdown()
-        self.service.start_draining()
+        self.gate.close()
         # gRPC keeps running while accepted calls finish, so calls that race with the signal get a
         # precise UNAVAILABLE from the service; stopping gRPC at once would cut some off (CANCELLED).
         started, calls_before, busy = time.monotonic(), self.inflight.started, self.inflight.active > 0
@@ -74,6 +79,8 @@ class RunningServer:
             log.warning("grace period over; cancelling %d unfinished calls", self.inflight.active)
         await self.server.stop(0)
         await self.engine.close()
+        if self.explainer is not None:
+            self.explainer.close()
         self.metrics.stop_http()
         counts = ", ".join(f"{m} {c}={n}" for (m, c), n in sorted(self.metrics.request_counts().items()))
         log.info("stopped; requests served: %s", counts or "none")
@@ -140,15 +147,23 @@ async def create_server(
     server = _grpc_server(config, metrics, inflight)
     credentials = server_credentials(config)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    gate = ServingGate()
     engine = EmbeddingEngine(
         bundle,
         config,
         observer=metrics,
         session_factory=session_factory,
         on_unhealthy=_not_serving_callback(health_servicer),
+        gate=gate,
     )
+    try:
+        # The Explain RPC's graph (explain.onnx), if the bundle has one; it never touches the scheduler.
+        explainer = Explainer.for_bundle(bundle, config)
+    except BaseException:
+        engine.close_sync()
+        raise
     engine.start()
-    service = EmbedderService(engine, metrics)
+    service = EmbedderService(engine, metrics, explainer=explainer, config=config, gate=gate)
     add_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -156,6 +171,8 @@ async def create_server(
         port = _bind(server, config, credentials)
     except ConfigError:
         await engine.close()
+        if explainer is not None:
+            explainer.close()
         raise
     await server.start()
     metrics_port = (
@@ -163,7 +180,9 @@ async def create_server(
     )
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, metrics_port, engine, service, health_servicer, metrics, inflight)
+    return RunningServer(
+        server, port, metrics_port, engine, explainer, service, health_servicer, metrics, inflight, gate
+    )
 
 
 async def serve(config: ServerConfig, bundle: Bundle | None = None) -> None:

@@ -1,7 +1,8 @@
-"""The embedding pipeline behind the API: validate -> tokenize -> batch -> infer -> post-process.
+"""The embedding pipeline behind every front end: validate -> admit -> tokenize -> batch -> infer ->
+post-process. Numpy out, `embedder.errors` raised; it knows no wire format.
 
-`EmbeddingEngine.embed` is what the gRPC service calls; `embed_in_process` is the same pipeline without
-the batcher or the event loop (CLI `embed`, benchmarks, and the tests' reference embeddings).
+`EmbeddingEngine.embed` is what a front end calls; `embed_in_process` is the same pipeline without the
+scheduler or the event loop (CLI `embed`, bulk jobs, benchmarks, and the tests' reference embeddings).
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from embedder.batcher import BatchLimits, BatchObserver, DynamicBatcher
-from embedder.bundle import Bundle, Manifest
 from embedder.config import ServerConfig
-from embedder.encoding import ENCODINGS, postprocess
+from embedder.core.bundle import Bundle, Manifest
+from embedder.core.gate import ServingGate
+from embedder.core.inline import InlinePolicy
+from embedder.core.postprocess import postprocess
+from embedder.core.scheduler import BatchLimits, BatchObserver, Scheduler
+from embedder.core.session import SessionFactory, SessionPool
+from embedder.core.tokenizer import Encoded, TextTokenizer
+from embedder.core.workers import DaemonThreadPool, call_guarded
 from embedder.errors import ConfigError, InvalidInputError
-from embedder.explainer import Explainer
-from embedder.session import SessionFactory, SessionPool
-from embedder.tokenizer import Encoded, TextTokenizer
-from embedder.v1 import embedder_pb2 as pb
-from embedder.workers import DaemonThreadPool, call_guarded
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,11 @@ FloatArray = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class EmbedOptions:
+    """What a caller may ask of the pipeline (a front end adds its own wire options, e.g. the encoding)."""
+
     normalize: bool = True
     dimensions: int = 0
     truncate: bool = True
-    encoding: int = pb.ENCODING_FLOAT32
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class EmbedResult:
 
 
 class EmbeddingEngine:
-    """Owns the tokenizer, the inference workers and the batcher of one served bundle."""
+    """Owns the tokenizer, the inference workers and the scheduler of one served bundle."""
 
     def __init__(
         self,
@@ -59,9 +61,11 @@ class EmbeddingEngine:
         *,
         session_factory: SessionFactory | None = None,
         on_unhealthy: Callable[[], None] | None = None,
+        gate: ServingGate | None = None,
     ) -> None:
         """`session_factory` is the test seam for fault injection; `on_unhealthy` is called (from any
-        thread) when inference can no longer be trusted, e.g. workers keep getting stuck."""
+        thread) when inference can no longer be trusted, e.g. workers keep getting stuck; `gate` is the
+        server's drain state (default: this engine's own)."""
         manifest = bundle.manifest
         if config.max_batch_tokens < manifest.max_tokens:
             raise ConfigError(
@@ -73,7 +77,9 @@ class EmbeddingEngine:
         self.tokenizer = TextTokenizer.from_file(
             bundle.tokenizer_path, manifest.max_tokens, manifest.pad_token_id
         )
+        self.gate = gate or ServingGate()
         self.workers = config.resolved_workers()
+        self.inline = InlinePolicy(config.inline_tokenize_max_chars, config.inline_infer_max_tokens)
         self.sessions = SessionPool(
             bundle.model_path,
             manifest.dim,
@@ -83,11 +89,9 @@ class EmbeddingEngine:
             inference_timeout_s=config.inference_timeout_s,
             session_factory=session_factory,
             on_exhausted=on_unhealthy,
-            inline_max_tokens=config.inline_infer_max_tokens,
+            inline=self.inline,
         )
         self.sessions.warm_up()
-        # The Explain RPC's graph (explain.onnx), if the bundle has one; it never touches the batcher.
-        self.explainer = Explainer.for_bundle(bundle, config)
         # Daemon threads: a Rust panic in the tokenizer fails its call, not the server (workers.py).
         self._tokenize_pool = DaemonThreadPool(config.resolved_tokenizer_threads(), "embedder-tokenize")
         limits = BatchLimits(
@@ -97,21 +101,15 @@ class EmbeddingEngine:
             max_queued_items=config.max_queued_items,
             max_concurrent_batches=self.workers,
         )
-        self.batcher = DynamicBatcher(self._run_batch, limits, manifest.dim, observer)
-
-    async def _run_batch(self, rows: list[list[int]]) -> FloatArray:
-        # Inline only for a lone batch: none other running or queued. Under load the loop stays free
-        # for gRPC and the workers do the inference.
-        lone = self.batcher.queued_items == 0 and self.batcher.running_batches <= 1
-        return await self.sessions.embed_rows_async(rows, may_inline=lone)
+        self.scheduler = Scheduler(self.sessions.embed_rows_async, limits, manifest.dim, observer)
 
     @property
     def manifest(self) -> Manifest:
         return self.bundle.manifest
 
     def start(self) -> None:
-        """Start the batcher on the running event loop."""
-        self.batcher.start()
+        """Start the scheduler on the running event loop."""
+        self.scheduler.start()
 
     def validate(self, texts: Sequence[str], options: EmbedOptions) -> None:
         """Raise `InvalidInputError` naming the field and the limit."""
@@ -132,36 +130,27 @@ class EmbeddingEngine:
                     f"texts[{i}]: {len(text)} characters exceed max_text_chars={cfg.max_text_chars}"
                 )
         self.manifest.check_dimensions(options.dimensions)
-        if options.encoding not in ENCODINGS:
-            raise InvalidInputError(
-                f"encoding: unknown value {options.encoding}; use one of {[int(e) for e in ENCODINGS]}"
-            )
 
     async def embed(
         self, texts: Sequence[str], options: EmbedOptions, deadline: float | None = None
     ) -> EmbedResult:
-        """Embed one request through the batcher. `deadline` is on `time.monotonic`'s clock.
+        """Embed one request through the scheduler. `deadline` is on `time.monotonic`'s clock.
 
-        Validation, then admission (queue slots reserved; OverloadedError at once if full), both
-        before any CPU is spent on tokenizing.
+        Drain state, validation, then admission (queue slots reserved; OverloadedError at once if full),
+        all before any CPU is spent on tokenizing.
         """
+        self.gate.check()
         self.validate(texts, options)
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        n = len(texts)
-        self.batcher.expect_arrival(n)
-        try:
-            if sum(len(t) for t in texts) <= self.config.inline_tokenize_max_chars:
+        with self.scheduler.reserve(len(texts)) as reservation:
+            if self.inline.tokenize_inline(texts):
                 encoded = self._encode_inline(texts, options.truncate)
             else:
-                encoded = await loop.run_in_executor(
+                encoded = await asyncio.get_running_loop().run_in_executor(
                     self._tokenize_pool, self.tokenizer.encode, texts, options.truncate
                 )
-        except BaseException:
-            self.batcher.arrival_cancelled(n)
-            raise
-        tokenize_s = time.monotonic() - started
-        result = await self.batcher.submit(encoded.ids, deadline, announced=True, reserved=n)
+            tokenize_s = time.monotonic() - started
+            result = await reservation.submit(encoded.ids, deadline)
         embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
         return EmbedResult(embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s)
 
@@ -170,20 +159,18 @@ class EmbeddingEngine:
         return call_guarded(self.tokenizer.encode, texts, truncate)
 
     def embed_in_process(self, texts: Sequence[str], options: EmbedOptions | None = None) -> FloatArray:
-        """Tokenize and run one batch right here, in the calling thread (no batcher, no event loop)."""
+        """Tokenize and run one batch right here, in the calling thread (no scheduler, no event loop)."""
         opts = options or EmbedOptions()
         self.validate(texts, opts)
         encoded = self.tokenizer.encode(texts, opts.truncate)
         return postprocess(self.sessions.embed_rows(encoded.ids), opts.dimensions, opts.normalize)
 
     async def close(self) -> None:
-        await self.batcher.close()
+        await self.scheduler.close()
         self.close_sync()
 
     def close_sync(self) -> None:
-        """Release the thread pools and sessions: after the batcher in `close`, or alone when no event loop
-        ever ran (CLI `embed`, benchmarks)."""
+        """Release the thread pools and sessions: after the scheduler in `close`, or alone when no event
+        loop ever ran (CLI `embed`, benchmarks)."""
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
-        if self.explainer is not None:
-            self.explainer.close()

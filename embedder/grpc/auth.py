@@ -17,8 +17,8 @@ import grpc
 
 from embedder.config import ServerConfig
 from embedder.errors import ConfigError, UnauthenticatedError
+from embedder.grpc.status import status_for
 from embedder.metrics import Metrics
-from embedder.service import status_for
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 _BEARER = "bearer "

@@ -1,7 +1,7 @@
 """The files of a bulk job: JSONL catalogue lines in, `.npy` (+ ids) or `.parquet` out.
 
-Shared by the single-process path (`embedder.bulk`) and the Ray path (`embedder.ray_bulk`), so both read
-the same rows and write the same bytes.
+Shared by the single-process path (`embedder.bulk.job`) and the Ray path (`embedder.bulk.ray_bulk`), so
+both read the same rows and write the same bytes.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from embedder.core.tokenizer import lone_surrogate
 from embedder.errors import EmbedderError
-from embedder.tokenizer import lone_surrogate
 
 FloatArray = npt.NDArray[np.float32]
 OUTPUT_SUFFIXES = (".npy", ".parquet")

@@ -4,7 +4,7 @@
 
 The driver cuts the catalogue into spans of `shard_items` rows at line ends (one pass over the bytes, no
 parsing). `map_batches` hands the spans to a fixed pool of actors, one CPU each; an actor reads its span,
-parses it with the single-process parser (`embedder.bulk_files.parse_line`: same rows, same `file:line`
+parses it with the single-process parser (`embedder.bulk.files.parse_line`: same rows, same `file:line`
 errors) and embeds it with its own single-threaded ONNX session (the serving engine with `workers=1`,
 the layout that is fastest for small CNNs, shared/PERF_NOTES.md). (`ray.data.read_text` is not used: it
 splits on every Unicode line break, and U+2028 may stand unescaped inside a JSON string; it also makes
@@ -33,9 +33,10 @@ import ray.data
 import ray.exceptions
 from ray.data import ActorPoolStrategy
 
-from embedder import bulk, bulk_files
-from embedder.bundle import load_bundle
+from embedder.bulk import files as bulk_files
+from embedder.bulk import job as bulk
 from embedder.config import ServerConfig
+from embedder.core.bundle import load_bundle
 from embedder.errors import EmbedderError
 
 Batch = dict[str, npt.NDArray[Any]]

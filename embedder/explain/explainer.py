@@ -1,10 +1,11 @@
-"""The Explain runtime: the bundle's explain graph, input checks, off-loop execution, the wire response.
+"""The Explain runtime: the bundle's explain graph, input checks, off-loop execution.
 
 Explain is an audit path, not the throughput product: it runs the bundle's separate `explain.onnx`
 (the serving `model.onnx` stays exactly as fast as before) on its own daemon thread, outside the
 batcher, never on the event loop. At most `MAX_PENDING` calls wait for that thread; beyond that a call
 is refused at once (RESOURCE_EXHAUSTED), so audits cannot pile up behind each other or starve Embed
-of cores. The math is in `explain.py`; docs/explain.md describes the decomposition.
+of cores. The math is in `attribution.py`, the wire format in `embedder.grpc.translate`;
+docs/explain.md describes the decomposition.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from embedder.bundle import Bundle, Manifest
 from embedder.config import ServerConfig
-from embedder.encoding import timing
+from embedder.core.bundle import Bundle, Manifest
+from embedder.core.session import ATTENTION_MASK, INPUT_IDS, OUTPUT, make_session
+from embedder.core.tokenizer import TextTokenizer, pad_batch
+from embedder.core.workers import DaemonThreadPool
 from embedder.errors import (
     BundleError,
     DeadlineExceededError,
@@ -29,11 +32,7 @@ from embedder.errors import (
     NotSupportedError,
     OverloadedError,
 )
-from embedder.explain import WORD, Explanation, TextAttribution, explain, text_terms
-from embedder.session import ATTENTION_MASK, INPUT_IDS, OUTPUT, make_session
-from embedder.tokenizer import TextTokenizer, pad_batch
-from embedder.v1 import embedder_pb2 as pb
-from embedder.workers import DaemonThreadPool
+from embedder.explain.attribution import Explanation, explain, text_terms
 
 CONTRIBUTIONS = "token_contributions"
 BIAS = "bias"
@@ -187,73 +186,3 @@ def unsupported_message(manifest: Manifest) -> str:
         f"model {manifest.name!r} does not support Explain: its bundle has no explain graph "
         "(ModelInfo.supports_explain is false; CNN bundles exported by training/ have one)"
     )
-
-
-# -- the wire format ----------------------------------------------------------------------------------
-
-
-def options_from(request: pb.ExplainRequest) -> ExplainOptions:
-    return ExplainOptions(
-        top_pairs=request.top_pairs or DEFAULT_TOP_PAIRS,
-        truncate=request.truncate if request.HasField("truncate") else True,
-        dimensions=request.dimensions,
-    )
-
-
-async def explain_response(
-    explainer: Explainer | None,
-    manifest: Manifest,
-    request: pb.ExplainRequest,
-    *,
-    request_id: str,
-    started: float,
-    deadline: float | None,
-) -> pb.ExplainResponse:
-    """Answer one Explain call (NotSupportedError -> UNIMPLEMENTED when the bundle cannot explain)."""
-    if explainer is None:
-        raise NotSupportedError(unsupported_message(manifest))
-    result = await explainer.run_async(request.query, request.candidate, options_from(request), deadline)
-    return to_response(result, request_id, manifest.name, started)
-
-
-def to_response(result: ExplainResult, request_id: str, model: str, started: float) -> pb.ExplainResponse:
-    ex = result.explanation
-    response = pb.ExplainResponse(
-        request_id=request_id,
-        similarity=ex.similarity,
-        query=_text_proto(ex.query, result.query),
-        top_pairs=[
-            pb.TokenPair(query_index=i, candidate_index=j, contribution=v) for i, j, v in ex.top_pairs
-        ],
-        model=model,
-        dim=result.dim,
-    )
-    if ex.candidate is not None:
-        response.candidate.CopyFrom(_text_proto(ex.candidate, result.candidate))
-    response.timing.CopyFrom(timing(result.tokenize_s, result.queue_s, result.inference_s, started))
-    return response
-
-
-def _text_proto(attr: TextAttribution, text: str) -> pb.TextAttribution:
-    tokens = []
-    # UTF-8 byte offsets, counted incrementally (units come in text order): O(len(text)) in all.
-    char_at, byte_at = 0, 0
-    for unit, value in zip(attr.units, attr.contributions.tolist(), strict=True):
-        byte_start = byte_end = 0  # special tokens and the bias have no span: (0, 0) as in chars
-        if unit.kind == WORD:
-            byte_start = byte_at + len(text[char_at : unit.char_start].encode("utf-8"))
-            byte_end = byte_start + len(text[unit.char_start : unit.char_end].encode("utf-8"))
-            char_at, byte_at = unit.char_end, byte_end
-        tokens.append(
-            pb.TokenAttribution(
-                text=unit.text,
-                char_start=unit.char_start,
-                char_end=unit.char_end,
-                byte_start=byte_start,
-                byte_end=byte_end,
-                pieces=unit.pieces,
-                contribution=value,
-                kind=unit.kind,  # type: ignore[arg-type]
-            )
-        )
-    return pb.TextAttribution(tokens=tokens, token_count=attr.token_count, truncated=attr.truncated)

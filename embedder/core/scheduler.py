@@ -1,0 +1,409 @@
+"""The scheduler: drives the batch queue on the event loop and hands batches to the inference workers.
+
+The rules of what goes into a batch and when are in `embedder.core.queue` (pure, clock injected); the
+queue bound is in `embedder.core.admission`. This module owns the tasks: one dispatcher that waits until
+a batch is due and a worker is free, one task per running batch, and a watchdog that fails every waiting
+caller if the dispatcher ever dies.
+
+A caller holds one `Reservation` (from `reserve(n)`) while its request is on its way, and submits its
+token rows through it; leaving the `with` block without submitting gives the slots back. If inference
+raises on a batch of several requests, each is re-run alone, so only the request that breaks the model
+gets an `InferenceError`; nobody is left waiting. Texts whose caller is gone (cancelled, deadline
+passed) are dropped before inference and reported to the observer with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from embedder.core.admission import Admission
+from embedder.core.queue import (
+    DROP_CANCELLED,
+    DROP_DEADLINE,
+    DROP_FAILED,
+    DROP_SHUTDOWN,
+    BatchQueue,
+    Item,
+    QueueLimits,
+    Request,
+)
+from embedder.errors import (
+    DeadlineExceededError,
+    EmbedderError,
+    InferenceError,
+    InferenceTimeoutError,
+    ShuttingDownError,
+)
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+# Embeds a batch of unpadded token rows; returns one row per input row. `lone` is True when no other
+# batch is running or queued (the engine's inline policy uses it).
+RunBatch = Callable[[list[list[int]], bool], Awaitable[FloatArray]]
+
+
+class BatchObserver(Protocol):
+    """Receives one call per batch run (the metrics module implements it)."""
+
+    def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None: ...
+
+    def set_queued_items(self, items: int) -> None: ...
+
+    def observe_dropped(self, items: int, reason: str) -> None: ...
+
+    def observe_failed_batch(self, items: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_items: int
+    max_batch_tokens: int
+    max_wait_ms: float
+    max_queued_items: int
+    # How many batches may run at once (= inference workers).
+    max_concurrent_batches: int
+
+    def queue_limits(self) -> QueueLimits:
+        return QueueLimits(self.max_batch_items, self.max_batch_tokens, self.max_wait_ms)
+
+
+@dataclass
+class BatchResult:
+    embeddings: FloatArray
+    queue_s: float
+    inference_s: float
+
+
+class Reservation:
+    """Queue slots held for one request on its way. Submit through it, or leave the `with` block to give
+    the slots back; either ends the reservation exactly once."""
+
+    def __init__(self, scheduler: Scheduler, items: int) -> None:
+        self._scheduler = scheduler
+        self.items = items
+        self._open = True
+
+    def release(self) -> None:
+        """Give the slots back (idempotent): the request will not come."""
+        if self._open:
+            self._open = False
+            self._scheduler._settle(self.items)
+
+    async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
+        """Queue the request's token rows; return its embeddings in input order.
+
+        `deadline` is on the scheduler's clock (`time.monotonic` by default).
+        """
+        if not self._open:
+            raise RuntimeError("this reservation was already used or released")
+        self.release()
+        return await self._scheduler._enqueue(rows, deadline)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class Scheduler:
+    """Use from one event loop: `start()`, then `reserve(n)` / `submit(rows)` from any number of tasks."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        limits: BatchLimits,
+        dim: int,
+        observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._run_batch = run_batch
+        self.limits = limits
+        self._dim = dim
+        self._observer = observer
+        self._clock = clock
+        self._queue = BatchQueue(limits.queue_limits(), clock)
+        self._admission = Admission(limits.max_queued_items)
+        self._futures: dict[Request, asyncio.Future[BatchResult]] = {}
+        self._busy = 0
+        self._broken = False
+        self._closing = False
+        self._batch_ids = itertools.count()
+        self._accepting = True
+        self._wake: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def queued_items(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running_batches(self) -> int:
+        """Batches handed to inference and not yet finished (the caller's own included)."""
+        return self._busy
+
+    def start(self) -> None:
+        """Start the dispatcher task on the running loop."""
+        self._wake = asyncio.Event()
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name="embedder-scheduler")
+        self._dispatcher.add_done_callback(self._dispatcher_ended)
+
+    def reserve(self, items: int) -> Reservation:
+        """Hold `items` queue slots for a request on its way (e.g. being tokenized), which is also worth
+        waiting up to `max_wait_ms` for. Refused at once (`OverloadedError`) if they cannot fit."""
+        self._check_open()
+        self._admission.claim(items, len(self._queue))
+        return Reservation(self, items)
+
+    async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
+        """Queue a request that was never announced (nothing to wait for): `reserve` + `submit` in one."""
+        return await self.reserve(len(rows)).submit(rows, deadline)
+
+    def _settle(self, items: int) -> None:
+        self._admission.settle(items)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _check_open(self) -> None:
+        if self._broken:
+            raise InferenceError("scheduler stopped unexpectedly; see the server log")
+        if not self._accepting or self._wake is None:
+            raise ShuttingDownError("server is shutting down; retry on another replica")
+
+    async def _enqueue(self, rows: Sequence[list[int]], deadline: float | None) -> BatchResult:
+        n = len(rows)
+        self._check_open()
+        self._admission.check(n, len(self._queue))
+        assert self._wake is not None  # _check_open refuses a scheduler that was never started
+        request = Request(n, self._dim, deadline)
+        if n == 0:
+            return BatchResult(request.rows, 0.0, 0.0)
+        if request.expired(self._clock()):
+            self._dropped(n, DROP_DEADLINE)
+            raise DeadlineExceededError("deadline passed before the request reached the batch queue")
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        self._futures[request] = future
+        future.add_done_callback(lambda f: self._request_done(request, f))
+        self._queue.push(request, rows)
+        self._set_queued()
+        self._wake.set()
+        return await future
+
+    def _request_done(self, request: Request, future: asyncio.Future[BatchResult]) -> None:
+        """The caller has its answer or is gone: its texts still queued are dropped, not run."""
+        del self._futures[request]
+        if request.gone is None and request.remaining > 0:
+            request.gone = DROP_CANCELLED if future.cancelled() else DROP_FAILED
+
+    def stop_accepting(self) -> None:
+        """New `reserve`/`submit` calls raise `ShuttingDownError`; queued work still runs."""
+        self._accepting = False
+
+    async def close(self) -> None:
+        """Stop the dispatcher, wait for running batches, fail whatever is still queued."""
+        self._accepting = False
+        self._closing = True
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
+        left = self._queue.clear()
+        self._fail(left, ShuttingDownError("server shut down before this request ran"))
+        if left:
+            self._dropped(len(left), DROP_SHUTDOWN)
+        self._set_queued()
+
+    # -- dispatcher -----------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        assert self._wake is not None  # set by start(); internal invariant, not input validation
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush_ready()
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                log.exception("scheduler dispatch failed; failing queued requests")
+                self._fail_queued(exc)
+
+    def _fail_queued(self, exc: Exception) -> None:
+        left = self._queue.clear()
+        self._fail(left, exc)
+        self._set_queued()
+        if left:
+            self._dropped(len(left), DROP_FAILED)
+
+    def _dispatcher_ended(self, task: asyncio.Task[None]) -> None:
+        """Watchdog: if the dispatcher dies outside `close()`, fail what is queued and refuse new work."""
+        if self._closing:
+            return
+        self._broken = True
+        exc = None if task.cancelled() else task.exception()
+        log.critical("scheduler dispatcher ended unexpectedly; refusing new work", exc_info=exc)
+        self._fail_queued(InferenceError("scheduler stopped unexpectedly"))
+
+    async def _flush_ready(self) -> None:
+        while self._busy < self.limits.max_concurrent_batches:
+            more_coming = self._admission.arriving > 0 and self._accepting
+            due = self._queue.due_in(more_coming)
+            self._report_drops()
+            if due is None:
+                return
+            if due > 0:
+                await self._sleep_or_wake(due)
+                continue
+            batch = self._queue.next_batch()
+            self._report_drops()
+            if batch:
+                self._launch(batch)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        assert self._wake is not None
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _report_drops(self) -> None:
+        """Fail the callers whose deadline passed in the queue; count every dropped text by reason."""
+        drops = self._queue.take_drops()
+        if not drops:
+            return
+        counts: Counter[str] = Counter()
+        for drop in drops:
+            counts[drop.reason] += drop.items
+            future = self._futures.get(drop.request)
+            if drop.reason == DROP_DEADLINE and future is not None and not future.done():
+                future.set_exception(DeadlineExceededError("deadline passed while the request was queued"))
+        for reason, items in counts.items():
+            self._dropped(items, reason)
+        self._set_queued()
+
+    def _launch(self, batch: list[Item]) -> None:
+        self._set_queued()
+        self._busy += 1
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[Item]) -> None:
+        # Lone: no other batch running or queued when this one starts (the inline policy's question).
+        lone = len(self._queue) == 0 and self._busy <= 1
+        try:
+            await self._run_once(batch, isolate=True, lone=lone)
+        finally:
+            self._busy -= 1
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _run_once(self, batch: list[Item], isolate: bool, lone: bool = False) -> None:
+        """Run one batch. If it fails and holds several requests, each request is re-run alone, so a
+        text that breaks the model fails only its own caller, not its batch-mates (a stuck batch is
+        not re-run: that would double the time its callers wait)."""
+        batch_id = next(self._batch_ids)
+        started = self._clock()
+        try:
+            out = await self._run_batch([item.ids for item in batch], lone)
+            if out.shape[0] != len(batch):
+                raise InferenceError(f"model returned {out.shape[0]} rows for {len(batch)} texts")
+        except Exception as exc:
+            groups = _by_request(batch)
+            if not isolate or len(groups) < 2 or isinstance(exc, InferenceTimeoutError):
+                self._batch_failed(batch, exc)
+                return
+            log.warning(
+                "a batch of %d texts from %d requests failed; re-running each request alone",
+                len(batch),
+                len(groups),
+                exc_info=exc,
+            )
+            self._count_failed(len(batch), exc)
+            for group in groups:
+                if group[0].request.gone is None:
+                    await self._run_once(group, isolate=False)
+            return
+        finished = self._clock()
+        try:
+            self._deliver(batch, out, batch_id, started, finished)
+        except Exception as exc:  # e.g. a failing observer: callers must still get an answer
+            self._batch_failed(batch, exc)
+
+    def _count_failed(self, items: int, exc: Exception) -> None:
+        if self._observer is not None:
+            reason = "timeout" if isinstance(exc, InferenceTimeoutError) else "error"
+            self._observer.observe_failed_batch(items, reason)
+
+    def _batch_failed(self, batch: list[Item], exc: Exception) -> None:
+        log.error("inference failed on a batch of %d texts", len(batch), exc_info=exc)
+        self._count_failed(len(batch), exc)
+        self._fail(batch, exc)
+
+    def _fail(self, batch: list[Item], exc: Exception) -> None:
+        """Answer every caller of `batch` still waiting with `exc` (ours, or INTERNAL for a foreign one)."""
+        error = (
+            exc
+            if isinstance(exc, EmbedderError)
+            else InferenceError(f"inference failed: {type(exc).__name__}")
+        )
+        for item in batch:
+            request = item.request
+            if request.gone is None:
+                request.gone = DROP_FAILED  # now, not when the future's callback runs: its rows must not run
+            future = self._futures.get(request)
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    def _deliver(
+        self, batch: list[Item], out: FloatArray, batch_id: int, started: float, finished: float
+    ) -> None:
+        inference_s = finished - started
+        for item, row in zip(batch, out, strict=True):
+            request = item.request
+            future = self._futures.get(request)
+            if future is None or future.done():
+                continue
+            request.rows[item.index] = row
+            request.remaining -= 1
+            if batch_id not in request.batches:
+                request.batches.add(batch_id)
+                request.inference_s += inference_s
+            request.queue_s = max(request.queue_s, started - item.enqueued_at)
+            if request.remaining == 0:
+                future.set_result(BatchResult(request.rows, request.queue_s, request.inference_s))
+        if self._observer is not None:
+            longest = max(len(item.ids) for item in batch)
+            real = sum(len(item.ids) for item in batch)
+            self._observer.observe_batch(len(batch), longest * len(batch), real, inference_s)
+
+    def _dropped(self, items: int, reason: str) -> None:
+        if self._observer is not None:
+            self._observer.observe_dropped(items, reason)
+
+    def _set_queued(self) -> None:
+        if self._observer is not None:
+            self._observer.set_queued_items(len(self._queue))
+
+
+def _by_request(batch: list[Item]) -> list[list[Item]]:
+    """The batch's items grouped by the request they belong to, in batch order."""
+    groups: dict[int, list[Item]] = {}
+    for item in batch:
+        groups.setdefault(id(item.request), []).append(item)
+    return list(groups.values())
