@@ -23,7 +23,7 @@ RUN python -m venv /opt/venv \
 
 # ---------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS train
-# torch is pinned (DESIGN.md). Pass the URL of PyTorch's CPU-only wheel index as TORCH_INDEX_URL to keep
+# torch is pinned in pyproject.toml. Pass the URL of PyTorch's CPU-only wheel index as TORCH_INDEX_URL to keep
 # the several GB of CUDA wheels that the default index resolves torch to out of the image.
 ARG TORCH_INDEX_URL=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1

@@ -44,7 +44,7 @@ class ServerConfig:
     # event loop too: the worker hop costs ~0.4 ms, the CNN on 128 padded tokens ~0.1 ms. Turned off at
     # start if the model takes > 0.5 ms for that (core/inline.py). 0 = never.
     inline_infer_max_tokens: int = 128
-    # Small CNNs gain nothing from batches past ~64 texts here, and 256 falls out of cache (PERF_NOTES).
+    # Small CNNs gain nothing from batches past ~64 texts here; 256 falls out of cache (docs/performance.md).
     max_batch_items: int = 64
     # Padded tokens per batch (longest text in the batch x number of texts): the true cost of a batch.
     max_batch_tokens: int = 8192

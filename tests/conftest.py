@@ -1,5 +1,7 @@
 """Shared fixtures: a real bundle exported from training/'s CNN, and real servers on port 0.
 
+Tests that need more than the Python install carry a `requires_*` marker (tests/prereqs.py).
+
 Servers run their asyncio loop in a background thread (tests/support.py), so tests drive them with the
 real blocking client, exactly as the ranking pipeline would.
 """
@@ -13,10 +15,27 @@ import pytest
 
 from embedder.core.bundle import Bundle, load_bundle, save_bundle
 from embedder.core.engine import EmbeddingEngine
+from tests.prereqs import PREREQUISITES, in_ci, missing
 from tests.support import ServerThread, make_config
 
 # The tiny test architecture has no Matryoshka dims; the serving tests need some to exercise `dimensions`.
 TEST_MATRYOSHKA_DIMS = [64, 128]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, need in PREREQUISITES.items():
+        config.addinivalue_line("markers", f"{marker}: needs {need.what}; skips without it, fails if CI=true")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or under CI=true fail) a test whose prerequisite is missing, before its fixtures start."""
+    for marker in PREREQUISITES:
+        reason = missing(marker) if item.get_closest_marker(marker) else ""
+        if reason and in_ci():
+            pytest.fail(f"CI=true and a prerequisite is missing: {reason}", pytrace=False)
+        if reason:
+            pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The model bundle: the only artifact training hands to serving (contract: ../shared/DESIGN.md).
+"""The model bundle: the only artifact training hands to serving (format: docs/bundle.md).
 
 A bundle is a directory with `model.onnx`, `tokenizer.json` and `manifest.json`, and optionally
 `explain.onnx`, the graph behind the Explain RPC (docs/explain.md). One `Manifest`

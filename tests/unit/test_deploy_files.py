@@ -96,7 +96,7 @@ def test_serving_image_has_no_torch() -> None:
     assert "'.[serve]'" in " ".join(args_of(stages["build"], "RUN"))
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert not any("torch" in dep for dep in extras["serve"])
-    assert "torch==2.13.0" in " ".join(args_of(stages["train"], "RUN"))  # the pin DESIGN.md names
+    assert "torch==2.13.0" in " ".join(args_of(stages["train"], "RUN"))  # the pin pyproject.toml names
 
 
 @pytest.mark.parametrize("stage", ["serve", "train"])
