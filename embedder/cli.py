@@ -68,9 +68,16 @@ def _add_channel_flags(parser: argparse.ArgumentParser, default_address: str | N
     )
 
 
+class _ExactParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="StreamRec text-embedding service")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # No abbreviated flags: `--api-keys KEY` would otherwise be taken as `--api-keys-file KEY` (and the
+    # key echoed in the "cannot read" error); a secret is never a flag (config.SECRET_FIELDS).
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ExactParser)
     serve = sub.add_parser("serve", help="serve a bundle over gRPC (+ /metrics) until SIGTERM/SIGINT")
     add_config_flags(serve, "serve")
     embed = sub.add_parser("embed", help="embed texts in-process (args, or stdin lines); JSON lines out")

@@ -12,17 +12,14 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from embedder.config import ENV_PREFIX, ServerConfig
-
-# Never flags: a command line shows in `ps`. Keys come from the env var or `api_keys_file`.
-SECRET_FIELDS = frozenset({"api_keys"})
+from embedder.config import ENV_PREFIX, SECRET_FIELDS, ServerConfig
 
 CONFIG_HELP: dict[str, str] = {
     "bundle": "Model bundle directory (docs/bundle.md); the default one is found from any directory.",
     "host": "Address the gRPC server binds ([::] = every interface).",
     "port": "gRPC port (0 = any free port; the log says which).",
     "metrics_port": "Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server).",
-    "metrics_host": "Address the /metrics server binds.",
+    "metrics_host": "Address the /metrics server binds (the page has no auth: loopback unless scraped).",
     "workers": "Inference workers, each with its own ONNX session (0 = one per CPU core).",
     "intra_op_threads": "Threads inside each ONNX session (1 is fastest for small CNNs).",
     "tokenizer_threads": "Threads that tokenize requests off the event loop (0 = as many as workers).",
