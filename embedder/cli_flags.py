@@ -61,7 +61,7 @@ _LIMITS = (
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "embed": ("bundle", "max_text_chars", "intra_op_threads"),
     "info": ("bundle", *_LIMITS),  # the limits a server with these settings would report
-    "embed-file": ("bundle", "max_texts_per_request", "max_text_chars", "intra_op_threads"),
+    "embed-file": ("bundle", "workers", "intra_op_threads", "max_texts_per_request", "max_text_chars"),
     "explain": ("bundle", "max_text_chars", "inference_timeout_s"),
 }
 
