@@ -81,7 +81,10 @@ def _flags(help_text: str) -> set[str]:
 def test_every_config_field_has_one_sentence_of_help() -> None:
     for f in dataclasses.fields(ServerConfig):
         sentence = CONFIG_HELP.get(f.name, "")
-        assert sentence.endswith(".") and ". " not in sentence, f"CONFIG_HELP[{f.name!r}] = {sentence!r}"
+        assert sentence.endswith(".") and ". " not in sentence, (
+            f"config field {f.name!r} needs one sentence of --help in embedder/cli_flags.py CONFIG_HELP "
+            f"(and a place in COMMAND_FIELDS if a subcommand other than serve reads it); got {sentence!r}"
+        )
     assert set(CONFIG_HELP) == {f.name for f in dataclasses.fields(ServerConfig)}
 
 
