@@ -59,8 +59,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     STREAMREC_EMBEDDER_BUNDLE=/app/models/streamrec-cnn-v1 \
     STREAMREC_EMBEDDER_HOST=[::] \
     STREAMREC_EMBEDDER_PORT=50051 \
-    STREAMREC_EMBEDDER_METRICS_PORT=9000
+    STREAMREC_EMBEDDER_METRICS_PORT=9000 \
+    STREAMREC_EMBEDDER_METRICS_HOST=0.0.0.0
 USER 10001:10001
+# /metrics is plaintext and unauthenticated: the image binds it on every interface so Prometheus can
+# scrape it over the container network. Do not publish 9000 to the outside (compose uses `expose`, not
+# `ports`); on Kubernetes deploy/k8s/networkpolicy.yaml lets only the monitoring namespace reach it.
 EXPOSE 50051 9000
 # Healthy = grpc.health.v1 answers SERVING (it turns NOT_SERVING while draining and when inference can
 # no longer be trusted). Shell form, so a port changed through the env var is the one probed.

@@ -16,6 +16,8 @@ from typing import Any
 from embedder.errors import ConfigError
 
 ENV_PREFIX = "STREAMREC_EMBEDDER_"
+# Fields that are never command-line flags (anyone on the host can read a command line with `ps`).
+SECRET_FIELDS = frozenset({"api_keys"})
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,11 @@ class ServerConfig:
     bundle: str = "models/streamrec-cnn-v1"
     host: str = "[::]"
     port: int = 50051
-    # Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server).
+    # Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server). The page is plaintext and
+    # unauthenticated, so by default only this host can read it; a container or pod that is scraped from
+    # outside sets metrics_host=0.0.0.0 and restricts who reaches the port (docs/operations.md).
     metrics_port: int = 9000
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
     # Inference workers, each with its own ONNX session (0 = one per core).
     workers: int = 0
     intra_op_threads: int = 1
@@ -62,7 +66,7 @@ class ServerConfig:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
     # API keys (`authorization: Bearer <key>`): a file with one key per line, and/or a comma-separated
-    # list (use the env var, not the flag, which shows in `ps`). None given = no key needed.
+    # list from the env var. Never a flag (SECRET_FIELDS): a command line shows in `ps`. None = no key.
     api_keys_file: str = ""
     api_keys: str = field(default="", repr=False)
 

@@ -8,7 +8,6 @@ real blocking client, exactly as the ranking pipeline would.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,9 +44,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     from training.export import export_random_bundle
 
     raw = load_bundle(export_random_bundle(tmp_path_factory.mktemp("bundle-raw")))
-    fields = dataclasses.asdict(raw.manifest)
-    for key in ("format_version", "sha256", "explain_model", "explain_sha256"):
-        fields.pop(key)
+    fields = raw.manifest.writer_fields()
     fields["matryoshka_dims"] = TEST_MATRYOSHKA_DIMS
     return save_bundle(
         tmp_path_factory.mktemp("bundle"),

@@ -22,6 +22,7 @@ import pytest
 
 from embedder.core.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Bundle, file_sha256
 from tests.hardening import run_cli
+from tests.unit.test_bundle import swap_two_vocabulary_ids
 
 START_UP_BUDGET_S = 1.0  # wall, on an idle machine
 START_UP_CPU_BUDGET_S = 2.0  # CPU, on any machine (see the docstring)
@@ -48,6 +49,11 @@ def _truncate_and_rehash(root: Path) -> None:
     _set(root, sha256=file_sha256(root / MODEL_FILE))
 
 
+def _truncate_tokenizer_and_rehash(root: Path) -> None:
+    _truncate(root, TOKENIZER_FILE)
+    _set(root, tokenizer_sha256=file_sha256(root / TOKENIZER_FILE))
+
+
 def _wrong_dim(root: Path) -> None:
     dim = _manifest(root)["dim"]
     assert isinstance(dim, int)
@@ -63,10 +69,13 @@ CASES: dict[str, tuple[Breaker, str]] = {
     "truncated-onnx": (lambda root: _truncate(root, MODEL_FILE), "model.onnx sha256 .* does not match"),
     "truncated-onnx-rehashed": (_truncate_and_rehash, "cannot load ONNX model"),
     "bad-json": (lambda root: (root / MANIFEST_FILE).write_text('{"format_version": 1,'), "not valid JSON"),
-    "format-version": (lambda root: _set(root, format_version=2), "format_version 2 is not supported"),
+    "format-version": (lambda root: _set(root, format_version=3), "format_version 3 is not supported"),
+    "swapped-vocabulary": (swap_two_vocabulary_ids, r"tokenizer\.json sha256 .* does not match manifest"),
+    "dim-as-string": (lambda root: _set(root, dim="384"), "manifest field 'dim' must be an integer"),
     "unknown-key": (lambda root: _set(root, colour="blue"), r"unknown manifest keys \['colour'\]"),
     "dim-mismatch": (_wrong_dim, r"model outputs shape \(2, \d+\) for 2 texts; manifest says dim="),
-    "corrupt-tokenizer": (lambda root: _truncate(root, TOKENIZER_FILE), "cannot read tokenizer"),
+    "truncated-tokenizer": (lambda root: _truncate(root, TOKENIZER_FILE), "tokenizer.json sha256 .* not"),
+    "corrupt-tokenizer-rehashed": (_truncate_tokenizer_and_rehash, "cannot read tokenizer"),
 }
 
 
