@@ -1,6 +1,6 @@
 """The offline job, top to bottom: corpus -> teacher targets -> train -> evaluate -> ONNX -> bundle.
 
-    python -m training.train --config training/configs/cnn5m.toml            # single process, 2 threads
+    python -m training.train --config training/configs/cnn5m-v2.toml         # single process, 2 threads
     torchrun --nproc_per_node=2 -m training.train --config ...                # DDP (gloo), 1 thread each
 
 Every stage caches its output under <work_dir>/ and the training loop resumes from its last checkpoint,
