@@ -1,11 +1,15 @@
 """`streamrec-embedder`: serve a bundle, embed texts in-process, or print a bundle's facts.
 
-    streamrec-embedder serve [--bundle DIR] [--port 50051] [--metrics-port 9000] [--max-wait-ms 2] ...
+    streamrec-embedder serve [--bundle DIR]... | [--model-repository DIR] [--port 50051] [--metrics-port 9000]
     streamrec-embedder embed "some text" "another"      # or texts on stdin, one per line; JSON lines out
     streamrec-embedder info [--bundle DIR]              # manifest + server limits as JSON
     streamrec-embedder embed-file catalogue.jsonl --out embeddings.npy   # bulk, progress + resume
     streamrec-embedder health [--address 127.0.0.1:50051]  # exit 0 iff grpc.health.v1 says SERVING
     streamrec-embedder explain "query" "item" [--html out.html]  # coloured token attribution
+    streamrec-embedder models [--address 127.0.0.1:50051]  # what a running server has loaded
+
+The in-process commands (embed, info, embed-file, explain) take `--model name[@version]` to pick one of
+the configured bundles; `embed-file --address ... --model` asks the servers for that model.
 
 Every config field is a flag (`--max-batch-items`), an env var (`STREAMREC_EMBEDDER_MAX_BATCH_ITEMS`)
 and a default, in that order of precedence. A bad bundle prints a one-line reason and exits 1.
@@ -18,18 +22,21 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from embedder.bulk import cli as bulk_cli
+from embedder.channel import ChannelSecurity
+from embedder.client import ClientOptions, EmbedderClient
 from embedder.config import ServerConfig, load_config
 from embedder.core.bundle import load_bundle
 from embedder.core.engine import EmbeddingEngine, EmbedOptions
+from embedder.core.repository import choose_bundle, configured_models
 from embedder.errors import EmbedderError
 from embedder.explain import render as explain_render
 from embedder.grpc.server import serve
@@ -40,6 +47,17 @@ PROG = "streamrec-embedder"
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(ServerConfig):
         default = getattr(ServerConfig(), f.name)
+        if f.name == "bundle":  # repeatable: one model per flag
+            parser.add_argument(
+                "--bundle",
+                dest="bundle",
+                action="append",
+                default=None,
+                metavar="DIR",
+                help=f"a bundle to serve; repeat for several (default {default!r}; env "
+                "STREAMREC_EMBEDDER_BUNDLE, comma-separated)",
+            )
+            continue
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
@@ -60,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--no-normalize", action="store_true", help="return raw pooled embeddings")
     embed.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation (0 = full)")
     embed.add_argument("--no-truncate", action="store_true", help="fail on texts over max_tokens")
+    _add_model_flag(embed)
     _add_config_flags(embed)
     info = sub.add_parser("info", help="print the bundle's manifest and the server limits as JSON")
+    _add_model_flag(info)
     _add_config_flags(info)
     embed_file = sub.add_parser(
         "embed-file", help="embed a JSONL catalogue into .npy/.parquet (progress bar, resumable shards)"
@@ -70,21 +90,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(embed_file)
     explain = sub.add_parser("explain", help="why two texts are similar: coloured words, --html heatmap")
     explain_render.add_arguments(explain)
+    _add_model_flag(explain)
     _add_config_flags(explain)
     probe = sub.add_parser("health", help="ask a server's grpc.health.v1 status; exit 0 iff SERVING")
-    probe.add_argument("--address", default=f"127.0.0.1:{ServerConfig.port}", help="host:port")
     probe.add_argument("--service", default="", help="service name ('' = the whole server)")
-    probe.add_argument("--timeout-s", type=float, default=3.0, help="give up after this long")
-    probe.add_argument("--tls-ca-file", default="", help="PEM roots: talk TLS to a TLS server")
-    probe.add_argument("--tls-server-name", default="", help="name the server's certificate carries")
-    probe.add_argument("--tls-cert-file", default="", help="client certificate (servers that want mTLS)")
-    probe.add_argument("--tls-key-file", default="", help="client key (servers that want mTLS)")
+    _add_remote_flags(probe)
+    models = sub.add_parser("models", help="list the models and versions a running server has loaded")
+    models.add_argument(
+        "--api-key-env", default="", help="name of an env var holding the API key (servers with keys)"
+    )
+    _add_remote_flags(models)
     return parser
+
+
+def _add_model_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="", help="name or name@version among the configured bundles (default: the first)"
+    )
+
+
+def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=f"127.0.0.1:{ServerConfig.port}", help="host:port")
+    parser.add_argument("--timeout-s", type=float, default=3.0, help="give up after this long")
+    parser.add_argument("--tls-ca-file", default="", help="PEM roots: talk TLS to a TLS server")
+    parser.add_argument("--tls-server-name", default="", help="name the server's certificate carries")
+    parser.add_argument("--tls-cert-file", default="", help="client certificate (servers that want mTLS)")
+    parser.add_argument("--tls-key-file", default="", help="client key (servers that want mTLS)")
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
     names = {f.name for f in dataclasses.fields(ServerConfig)}
-    return load_config({k: v for k, v in vars(args).items() if k in names})
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    if flags.get("bundle") is not None:
+        flags["bundle"] = ",".join(flags["bundle"])
+    return load_config(flags)
+
+
+def _pinned(config: ServerConfig, spec: str) -> ServerConfig:
+    """`config` serving exactly the one bundle `spec` picks (in-process commands run one model)."""
+    chosen = choose_bundle(config, spec)
+    return dataclasses.replace(config, bundle=str(chosen.path), model_repository="")
 
 
 def _cmd_serve(config: ServerConfig) -> int:
@@ -112,7 +157,7 @@ def _cmd_embed(config: ServerConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_info(config: ServerConfig) -> int:
+def _cmd_info(config: ServerConfig, models: list[str]) -> int:
     bundle = load_bundle(config.bundle)
     limits = {
         k: getattr(config, k)
@@ -129,17 +174,41 @@ def _cmd_info(config: ServerConfig) -> int:
     limits["workers"] = config.resolved_workers()
     out: dict[str, Any] = {"bundle": str(bundle.path), "manifest": dataclasses.asdict(bundle.manifest)}
     out["limits"] = limits
+    out["models"] = models
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0
 
 
+def _security(args: argparse.Namespace, api_key: str = "") -> ChannelSecurity:
+    return ChannelSecurity.from_files(
+        args.tls_ca_file, args.tls_cert_file, args.tls_key_file, args.tls_server_name, api_key
+    )
+
+
 def _health_channel(args: argparse.Namespace) -> grpc.Channel:
-    if not args.tls_ca_file:
-        return grpc.insecure_channel(args.address)
-    key, cert = (Path(p).read_bytes() if p else None for p in (args.tls_key_file, args.tls_cert_file))
-    credentials = grpc.ssl_channel_credentials(Path(args.tls_ca_file).read_bytes(), key, cert)
-    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
-    return grpc.secure_channel(args.address, credentials, options=options)
+    return _security(args).channel(args.address)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    """One JSON line per loaded model version: name, version, sha256, dim, and which are defaults."""
+    api_key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
+    options = ClientOptions(timeout_s=args.timeout_s, max_attempts=1)
+    with EmbedderClient(args.address, options, security=_security(args, api_key)) as client:
+        try:
+            info = client.model_info()
+        except grpc.RpcError as exc:
+            print(f"{args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    for m in info.models:
+        fields: dict[str, Any] = {"model": f"{m.name}@{m.version}", "name": m.name, "version": m.version}
+        fields |= {
+            "sha256": m.sha256,
+            "dim": m.dim,
+            "default": m.is_default,
+            "name_default": m.is_name_default,
+        }
+        print(json.dumps(fields))
+    return 0
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -162,16 +231,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "health":
             return _cmd_health(args)
+        if args.command == "models":
+            return _cmd_models(args)
         config = _config(args)
         if args.command == "serve":
             return _cmd_serve(config)
+        if args.command == "embed-file" and args.address:
+            return bulk_cli.run_cli(config, args)  # the servers choose the model (--model)
+        configured = [f"{b.manifest.name}@{b.manifest.version}" for b in configured_models(config).bundles]
+        config = _pinned(config, args.model)
         if args.command == "embed":
             return _cmd_embed(config, args)
         if args.command == "embed-file":
             return bulk_cli.run_cli(config, args)
         if args.command == "explain":
             return explain_render.run_cli(config, args)
-        return _cmd_info(config)
+        return _cmd_info(config, configured)
     except EmbedderError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

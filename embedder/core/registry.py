@@ -15,25 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 from embedder.core.bundle import Bundle, Manifest
-from embedder.core.repository import ModelSet
-from embedder.errors import (
-    BundleError,
-    EmbedderError,
-    InvalidInputError,
-    ModelNotFoundError,
-    ModelRemovedError,
-)
+from embedder.core.repository import ModelSet, parse_spec, version_key
+from embedder.errors import BundleError, EmbedderError, ModelNotFoundError, ModelRemovedError
 
 log = logging.getLogger(__name__)
-
-MAX_MODEL_SPEC_CHARS = 256
 
 
 class Servable(Protocol):
@@ -48,21 +39,6 @@ class Servable(Protocol):
 
 
 M = TypeVar("M", bound=Servable)
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Order versions as people do: "10" after "9", "1.10.0" after "1.9.2"; numbers before words."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-+_]", version))
-
-
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """`"name"` -> (name, None); `"name@version"` -> (name, version); `InvalidInputError` otherwise."""
-    if len(spec) > MAX_MODEL_SPEC_CHARS or not spec.isprintable():
-        raise InvalidInputError(f"model: must be at most {MAX_MODEL_SPEC_CHARS} printable characters")
-    name, at, version = spec.partition("@")
-    if not name or (at and not version) or "@" in version:
-        raise InvalidInputError(f'model: {spec!r} is not "name" or "name@version"')
-    return name, (version if at else None)
 
 
 @dataclass(eq=False)

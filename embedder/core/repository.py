@@ -14,14 +14,32 @@ start and again on SIGHUP or the ReloadModels RPC (`ModelRegistry.sync`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedder.config import ServerConfig
 from embedder.core.bundle import MANIFEST_FILE, Bundle, load_bundle
-from embedder.errors import BundleError, ConfigError
+from embedder.errors import BundleError, ConfigError, InvalidInputError, ModelNotFoundError
 
 DEFAULT_FILE = "default"
+MAX_MODEL_SPEC_CHARS = 256
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order versions as people do: "10" after "9", "1.10.0" after "1.9.2"; numbers before words."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-+_]", version))
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """`"name"` -> (name, None); `"name@version"` -> (name, version); `InvalidInputError` otherwise."""
+    if len(spec) > MAX_MODEL_SPEC_CHARS or not spec.isprintable():
+        raise InvalidInputError(f"model: must be at most {MAX_MODEL_SPEC_CHARS} printable characters")
+    name, at, version = spec.partition("@")
+    if not name or (at and not version) or "@" in version:
+        raise InvalidInputError(f'model: {spec!r} is not "name" or "name@version"')
+    return name, (version if at else None)
 
 
 @dataclass
@@ -82,3 +100,29 @@ def _add_version(found: ModelSet, name: str, version_dir: Path) -> None:
         )
         return
     found.bundles.append(bundle)
+
+
+def configured_models(config: ServerConfig) -> ModelSet:
+    """The models `config` names: its repository if set, else its bundles."""
+    if config.model_repository:
+        return scan_repository(config.model_repository)
+    return from_bundles(config.bundle_paths())
+
+
+def choose_bundle(config: ServerConfig, spec: str = "") -> Bundle:
+    """The one bundle an in-process command (embed, info, explain, embed-file) runs, chosen by `spec` as
+    a server chooses for EmbedRequest.model ("" = `default_model`, else the first name)."""
+    models = configured_models(config)
+    if not models.bundles:
+        raise BundleError(models.errors[0] if models.errors else "no model bundle configured")
+    name, version = (
+        parse_spec(spec) if spec else (config.default_model or models.bundles[0].manifest.name, None)
+    )
+    versions = {b.manifest.version: b for b in models.bundles if b.manifest.name == name}
+    if version is None and versions:
+        named = models.defaults.get(name)
+        version = named if named in versions else max(versions, key=version_key)
+    if version not in versions:
+        loaded = ", ".join(f"{b.manifest.name}@{b.manifest.version}" for b in models.bundles)
+        raise ModelNotFoundError(f"model {spec or name!r} is not among the configured bundles: {loaded}")
+    return versions[version]
