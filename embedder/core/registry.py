@@ -196,13 +196,30 @@ class ModelRegistry(Generic[M]):
                 await self._add(name, version, bundle, report, strict)
             self._defaults = dict(models.defaults)
             keep = set(wanted) | models.unreadable
-            gone = [e for e in self.entries() if (e.name, e.version) not in keep]
+            gone = self._keep_last_good(
+                [e for e in self.entries() if (e.name, e.version) not in keep], wanted, report
+            )
             for entry in gone:
                 self._unpublish(entry)
                 report.removed.append(entry.key)
             await asyncio.gather(*(self._drain_and_close(e) for e in gone))
             report.loaded = [e.key for e in self.entries()]
             return report
+
+    def _keep_last_good(
+        self, gone: list[Entry[M]], wanted: dict[tuple[str, str], Bundle], report: SyncReport
+    ) -> list[Entry[M]]:
+        """A name whose wanted versions all failed to load keeps what it serves: a broken rollout must
+        not leave callers of that name with nothing."""
+        loaded = {(e.name, e.version) for e in self.entries()}
+        out = []
+        for entry in gone:
+            wanted_here = [k for k in wanted if k[0] == entry.name]
+            if wanted_here and not any(k in loaded for k in wanted_here):
+                report.errors.append(f"{entry.key} kept serving: no wanted version of {entry.name!r} loaded")
+                continue
+            out.append(entry)
+        return out
 
     async def _add(self, name: str, version: str, bundle: Bundle, report: SyncReport, strict: bool) -> None:
         current = self._entries.get(name, {}).get(version)
