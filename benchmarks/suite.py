@@ -4,7 +4,7 @@ Modes: (a) model only (ONNX Runtime on fixed batch x length inputs), (b) the in-
 (tokenizer + batcher + ONNX), (c) real server subprocesses over gRPC (benchmarks/end_to_end.py: closed-loop
 concurrency sweep, open-loop Poisson arrivals at fractions of the measured maximum, one caller sending one
 text per call, then quality through the same servers). This 2-core VM drifts between fast and
-slow states (shared/PERF_NOTES.md), so every throughput cell is measured in rounds with the models
+slow states (docs/performance.md), so every throughput cell is measured in rounds with the models
 interleaved (their order rotating each round) and reported as median and max.
 
 Each finished phase is saved to `partial.json` in the run directory, so `--resume RUN_ID` skips it.

@@ -28,7 +28,7 @@ def best_cell(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def headline_cell(results: dict[str, Any]) -> tuple[int, int]:
-    """Mode (a)'s headline cell: the largest batch at 32 tokens (PERF_NOTES' reference shape)."""
+    """Mode (a)'s headline cell: the largest batch at 32 tokens (docs/performance.md's reference shape)."""
     return max(results["config"]["grid_batches"]), HEADLINE_SEQ_LEN
 
 

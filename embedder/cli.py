@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from embedder.bulk import cli as bulk_cli
 from embedder.channel import ChannelSecurity
 from embedder.client import ClientOptions, EmbedderClient
-from embedder.config import ServerConfig, load_config
+from embedder.config import SECRET_FIELDS, ServerConfig, load_config
 from embedder.core.bundle import load_bundle
 from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from embedder.core.repository import choose_bundle, configured_models
@@ -45,7 +45,10 @@ PROG = "streamrec-embedder"
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, except secrets (env var or file only: a command line shows in `ps`)."""
     for f in dataclasses.fields(ServerConfig):
+        if f.name in SECRET_FIELDS:
+            continue
         default = getattr(ServerConfig(), f.name)
         if f.name == "bundle":  # repeatable: one model per flag
             parser.add_argument(
@@ -68,9 +71,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+class _ExactParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="StreamRec text-embedding service")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # No abbreviated flags: `--api-keys KEY` would otherwise be taken as `--api-keys-file KEY` (and the
+    # key echoed in the "cannot read" error); a secret is never a flag (config.SECRET_FIELDS).
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ExactParser)
     serve = sub.add_parser("serve", help="serve a bundle over gRPC (+ /metrics) until SIGTERM/SIGINT")
     _add_config_flags(serve)
     embed = sub.add_parser("embed", help="embed texts in-process (args, or stdin lines); JSON lines out")

@@ -16,6 +16,8 @@ from typing import Any
 from embedder.errors import ConfigError
 
 ENV_PREFIX = "STREAMREC_EMBEDDER_"
+# Fields that are never command-line flags (anyone on the host can read a command line with `ps`).
+SECRET_FIELDS = frozenset({"api_keys"})
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,11 @@ class ServerConfig:
     default_model: str = ""
     host: str = "[::]"
     port: int = 50051
-    # Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server).
+    # Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server). The page is plaintext and
+    # unauthenticated, so by default only this host can read it; a container or pod that is scraped from
+    # outside sets metrics_host=0.0.0.0 and restricts who reaches the port (docs/operations.md).
     metrics_port: int = 9000
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
     # Inference workers, each with its own ONNX session (0 = one per core).
     workers: int = 0
     intra_op_threads: int = 1
@@ -46,7 +50,7 @@ class ServerConfig:
     # event loop too: the worker hop costs ~0.4 ms, the CNN on 128 padded tokens ~0.1 ms. Turned off at
     # start if the model takes > 0.5 ms for that (core/inline.py). 0 = never.
     inline_infer_max_tokens: int = 128
-    # Small CNNs gain nothing from batches past ~64 texts here, and 256 falls out of cache (PERF_NOTES).
+    # Small CNNs gain nothing from batches past ~64 texts here; 256 falls out of cache (docs/performance.md).
     max_batch_items: int = 64
     # Padded tokens per batch (longest text in the batch x number of texts): the true cost of a batch.
     max_batch_tokens: int = 8192
@@ -68,7 +72,7 @@ class ServerConfig:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
     # API keys (`authorization: Bearer <key>`): a file with one key per line, and/or a comma-separated
-    # list (use the env var, not the flag, which shows in `ps`). None given = no key needed.
+    # list from the env var. Never a flag (SECRET_FIELDS): a command line shows in `ps`. None = no key.
     api_keys_file: str = ""
     api_keys: str = field(default="", repr=False)
 

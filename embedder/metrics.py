@@ -1,4 +1,4 @@
-"""Prometheus metrics: the names in DESIGN.md ("Metrics") plus the hardening ones in docs/operations.md,
+"""Prometheus metrics: the base set in docs/api.md ("Metrics") plus the hardening ones in docs/operations.md,
 on their own registry and HTTP port.
 
 Each server owns a `Metrics` with its own `CollectorRegistry`, so several servers can live in one
@@ -44,7 +44,7 @@ METRIC_NAMES = tuple(
         "padding_ratio",
         "queue_items",
         "model_info",
-        # Beyond DESIGN.md (docs/operations.md): work dropped before inference, failed batches.
+        # Beyond the base set (docs/operations.md): work dropped before inference, failed batches.
         "dropped_items_total",
         "failed_batches_total",
     )

@@ -1,12 +1,13 @@
 """Shared fixtures: a real bundle exported from training/'s CNN, and real servers on port 0.
 
+Tests that need more than the Python install carry a `requires_*` marker (tests/prereqs.py).
+
 Servers run their asyncio loop in a background thread (tests/support.py), so tests drive them with the
 real blocking client, exactly as the ranking pipeline would.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -14,10 +15,27 @@ import pytest
 
 from embedder.core.bundle import Bundle, load_bundle, save_bundle
 from embedder.core.engine import EmbeddingEngine
+from tests.prereqs import PREREQUISITES, in_ci, missing
 from tests.support import ServerThread, make_config
 
 # The tiny test architecture has no Matryoshka dims; the serving tests need some to exercise `dimensions`.
 TEST_MATRYOSHKA_DIMS = [64, 128]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, need in PREREQUISITES.items():
+        config.addinivalue_line("markers", f"{marker}: needs {need.what}; skips without it, fails if CI=true")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or under CI=true fail) a test whose prerequisite is missing, before its fixtures start."""
+    for marker in PREREQUISITES:
+        reason = missing(marker) if item.get_closest_marker(marker) else ""
+        if reason and in_ci():
+            pytest.fail(f"CI=true and a prerequisite is missing: {reason}", pytrace=False)
+        if reason:
+            pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +44,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     from training.export import export_random_bundle
 
     raw = load_bundle(export_random_bundle(tmp_path_factory.mktemp("bundle-raw")))
-    fields = dataclasses.asdict(raw.manifest)
-    for key in ("format_version", "sha256", "explain_model", "explain_sha256"):
-        fields.pop(key)
+    fields = raw.manifest.writer_fields()
     fields["matryoshka_dims"] = TEST_MATRYOSHKA_DIMS
     return save_bundle(
         tmp_path_factory.mktemp("bundle"),
@@ -46,9 +62,7 @@ def bundle_v2(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Bundl
     from training.export import export_random_bundle
 
     raw = load_bundle(export_random_bundle(tmp_path_factory.mktemp("bundle-v2-raw"), seed=1))
-    fields = dataclasses.asdict(raw.manifest)
-    for key in ("format_version", "sha256", "explain_model", "explain_sha256"):
-        fields.pop(key)
+    fields = raw.manifest.writer_fields()
     fields |= {"matryoshka_dims": TEST_MATRYOSHKA_DIMS, "name": bundle.manifest.name, "version": "1.0.0"}
     return save_bundle(
         tmp_path_factory.mktemp("bundle-v2"),

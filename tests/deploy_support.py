@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +27,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.prereqs import system_tool
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 NGINX_CONF = DEPLOY / "nginx" / "nginx.conf"
@@ -37,10 +38,8 @@ _SERVING_LINE = re.compile(r"serving \S+ on port (\d+) \(metrics port (\d+)")
 
 
 def require_tool(name: str) -> str:
-    """Path of a system binary the deployment tests run; fails (not skips) with the install command."""
-    found = shutil.which(name) or next(
-        (p for d in ("/usr/sbin", "/sbin") if os.access(p := f"{d}/{name}", os.X_OK)), None
-    )
+    """Path of a system binary the deployment tests run (their `requires_*` markers skip without it)."""
+    found = system_tool(name)
     if found is None:
         pytest.fail(f"{name} is not installed: run scripts/install_system_deps.sh (as .ci/run does)")
     return found

@@ -12,7 +12,6 @@ outputs `embeddings`, `token_contributions` [batch, seq, dim] = W f_t / n (zero 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -289,9 +288,7 @@ def add_explain(bundle_dir: Path, model: CNNEncoder, min_cosine: float = 0.99) -
     if float(cos.min()) < min_cosine:
         path.unlink()
         raise ValueError(f"checkpoint does not match {bundle_dir}/model.onnx (min cosine {cos.min():.4f})")
-    fields = dataclasses.asdict(bundle.manifest)
-    for key in ("format_version", "sha256", "explain_model", "explain_sha256"):
-        fields.pop(key)
+    fields = bundle.manifest.writer_fields()
     return save_bundle(bundle_dir, bundle.model_path, bundle.tokenizer_path, explain_file=path, **fields)
 
 

@@ -15,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from embedder.core.tokenizer import lone_surrogate
 from embedder.errors import EmbedderError
 
 FloatArray = npt.NDArray[np.float32]
@@ -33,7 +34,13 @@ def parse_line(raw: bytes, where: str, text_field: str, id_field: str) -> tuple[
     if not raw.strip():
         return None
     try:
-        obj = json.loads(raw)
+        line = raw.decode("utf-8-sig")  # -sig: a byte order mark at the start of the file is fine
+    except UnicodeDecodeError as exc:
+        raise BulkError(
+            f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+        ) from None
+    try:
+        obj = json.loads(line)
     except ValueError:
         raise BulkError(f"{where}: not a JSON object") from None
     if not isinstance(obj, dict):
@@ -46,7 +53,19 @@ def parse_line(raw: bytes, where: str, text_field: str, id_field: str) -> tuple[
         raise BulkError(f"{where}: field {text_field!r} is empty")
     if not isinstance(ident, str | int) or isinstance(ident, bool):
         raise BulkError(f"{where}: needs a string or integer field {id_field!r}")
+    _check_unicode(text, text_field, where)
+    _check_unicode(str(ident), id_field, where)
     return str(ident), text
+
+
+def _check_unicode(value: str, name: str, where: str) -> None:
+    """A JSON escape such as "\ud800" is valid JSON but decodes to a lone surrogate, which the tokenizer
+    (or a parquet string column) cannot take."""
+    if (at := lone_surrogate(value)) is not None:
+        raise BulkError(
+            f"{where}: field {name!r} holds a lone surrogate (U+{ord(value[at]):04X} at character "
+            f"{at + 1}); strings must be valid Unicode"
+        )
 
 
 def open_catalogue(path: Path) -> BinaryIO:

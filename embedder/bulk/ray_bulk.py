@@ -6,7 +6,7 @@ The driver cuts the catalogue into spans of `shard_items` rows at line ends (one
 parsing). `map_batches` hands the spans to a fixed pool of actors, one CPU each; an actor reads its span,
 parses it with the single-process parser (`embedder.bulk.files.parse_line`: same rows, same `file:line`
 errors) and embeds it with its own single-threaded ONNX session (the serving engine with `workers=1`,
-the layout that is fastest for small CNNs, shared/PERF_NOTES.md). (`ray.data.read_text` is not used: it
+the layout that is fastest for small CNNs, docs/performance.md). (`ray.data.read_text` is not used: it
 splits on every Unicode line break, and U+2028 may stand unescaped inside a JSON string; it also makes
 one block per file, which a single actor would then embed alone. Separate read tasks would need CPUs of
 their own, and on a 2-CPU machine actors holding both CPUs starve them: the first version deadlocked.)

@@ -1,7 +1,7 @@
 """ONNX Runtime inference: a pool of workers, each with its own session (like Triton's model instances).
 
 On 2-core VMs one 1-thread session per core beats one session with 2 intra-op threads by 1.5-2.5x
-for small CNNs and is stable where the 2-thread session is not (shared/PERF_NOTES.md).
+for small CNNs and is stable where the 2-thread session is not (docs/performance.md).
 
 A watchdog bounds every batch by `inference_timeout_s`: a worker stuck past it is abandoned (its
 callers get an error, its session is replaced by a fresh one), so a stuck or dead worker never leaves

@@ -3,19 +3,41 @@
 The bundle's padding/truncation settings are ignored: the batcher pads per batch, and truncation is set
 here to the manifest's `max_tokens`, which keeps the `[CLS] ... [SEP]` form (the tokenizer's own
 post-processor re-adds the special tokens after cutting the text).
+
+Only `max_tokens` survive, so a long text is not tokenized whole (a 20,000-character text costs ~20x
+its first 1,000 characters, and `tokenizers` builds every overflow encoding). It is cut at a boundary
+the tokenizer is known to split at (`tokenizer_prefix.py`), and the cut is only trusted if the prefix
+alone already overflows `max_tokens`; otherwise the prefix grows (4x) until it does or is the whole
+text. The ids are then exactly those of the whole text (tests/unit/test_tokenizer.py checks this).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
+from embedder.core.tokenizer_prefix import PrefixCutter
 from embedder.errors import BundleError, InvalidInputError
+
+# A JSON escape ("\ud800") or a non-UTF-8 command line (surrogateescape) gives a str with a lone
+# surrogate: not text the tokenizer (or a UTF-8 wire format) can take.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in `text`, or None."""
+    found = _SURROGATE.search(text)
+    return None if found is None else found.start()
+
+
+# Encodes a batch of texts: `encode_batch_fast`, or `encode` of one text keeping offsets (Explain).
+Encode = Callable[[list[str]], list[Encoding]]
 
 
 @dataclass(frozen=True)
@@ -48,7 +70,10 @@ class TokenSpans:
 class TextTokenizer:
     """Thread-safe: `encode` may run in several worker threads at once (the Rust side releases the GIL)."""
 
-    def __init__(self, tokenizer: Tokenizer, max_tokens: int, pad_token_id: int) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, max_tokens: int, pad_token_id: int, prefix_chars: int | None = None
+    ) -> None:
+        """`prefix_chars`: characters tokenized first of a longer text (default 8 per kept token)."""
         self._tok = tokenizer
         self.max_tokens = max_tokens
         self.pad_token_id = pad_token_id
@@ -56,6 +81,7 @@ class TextTokenizer:
         self._tok.enable_truncation(max_length=max_tokens)
         # encode_batch_fast skips offset tracking (~1.3x faster); older `tokenizers` lack it.
         self._encode_batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        self._cutter = PrefixCutter.for_tokenizer(tokenizer, prefix_chars or 8 * max_tokens)
 
     @classmethod
     def from_file(cls, path: str | Path, max_tokens: int, pad_token_id: int) -> TextTokenizer:
@@ -67,7 +93,7 @@ class TextTokenizer:
 
     def encode(self, texts: Sequence[str], truncate: bool = True) -> Encoded:
         """Encode `texts`; with `truncate=False` a text over `max_tokens` raises `InvalidInputError`."""
-        encodings = self._encode_batch(list(texts))
+        encodings = self._encode_kept(list(texts), self._encode_batch)
         ids: list[list[int]] = []
         truncated: list[int] = []
         for i, enc in enumerate(encodings):
@@ -83,7 +109,7 @@ class TextTokenizer:
 
     def spans(self, text: str, truncate: bool = True, field: str = "text") -> TokenSpans:
         """Encode one text keeping offsets and word ids; `field` names it in the truncate=false error."""
-        enc = self._tok.encode(text)
+        (enc,) = self._encode_kept([text], lambda batch: [self._tok.encode(batch[0])])
         truncated = bool(enc.overflowing)
         if truncated and not truncate:
             raise InvalidInputError(f"{field}: longer than max_tokens={self.max_tokens} and truncate=false")
@@ -91,6 +117,37 @@ class TextTokenizer:
             None if special else w for w, special in zip(enc.word_ids, enc.special_tokens_mask, strict=True)
         ]
         return TokenSpans(enc.ids, enc.tokens, list(enc.offsets), word_ids, truncated)
+
+    def _encode_kept(self, texts: list[str], encode: Encode) -> list[Encoding]:
+        """`encode` applied to the shortest prefix of each text that yields the same kept tokens."""
+        cutter = self._cutter
+        chars = cutter.chars if cutter is not None else 0
+        parts = [cutter.prefix(t, chars) for t in texts] if cutter is not None else list(texts)
+        encodings = _checked(encode, parts, texts)
+        pending = [i for i, p in enumerate(parts) if len(p) < len(texts[i]) and not encodings[i].overflowing]
+        while pending and cutter is not None:
+            # The prefix did not fill max_tokens (much whitespace, very long words): it proves nothing.
+            chars *= 4
+            longer = [cutter.prefix(texts[i], chars) for i in pending]
+            for i, part, enc in zip(pending, longer, _checked(encode, longer, texts), strict=True):
+                parts[i], encodings[i] = part, enc
+            pending = [i for i in pending if len(parts[i]) < len(texts[i]) and not encodings[i].overflowing]
+        return encodings
+
+
+def _checked(encode: Encode, parts: list[str], texts: list[str]) -> list[Encoding]:
+    """`encode(parts)`; a text that is not valid Unicode (a lone surrogate, e.g. from a JSON escape or a
+    non-UTF-8 command line) is an `InvalidInputError` naming it, not the tokenizer's TypeError."""
+    try:
+        return encode(parts)
+    except TypeError:
+        for i, text in enumerate(texts):
+            if (where := lone_surrogate(text)) is not None:
+                raise InvalidInputError(
+                    f"texts[{i}]: holds a lone surrogate (U+{ord(text[where]):04X} at character "
+                    f"{where + 1}); texts must be valid Unicode"
+                ) from None
+        raise
 
 
 def pad_batch(

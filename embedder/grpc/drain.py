@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 if TYPE_CHECKING:  # the stubs' generic is not subscriptable at run time
     Handler = grpc.RpcMethodHandler[Any, Any]
+
+log = logging.getLogger(__name__)
 
 
 class InflightTracker(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -89,17 +92,36 @@ class InflightTracker(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return tracked
 
-    def _streaming(self, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
-        async def tracked(request: Any, context: Any) -> AsyncIterator[Any]:
+    def _streaming(self, behavior: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+        async def tracked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             self._enter()
             try:
                 responses = behavior(request, context)
                 if inspect.isawaitable(responses):  # a handler that writes with context.write()
                     await responses
                     return
-                async for response in responses:
-                    yield response
+                try:
+                    async for response in responses:
+                        await write_or_cancel(context, response)
+                finally:
+                    await responses.aclose()  # its cleanup now, not whenever the loop finalizes it
             finally:
                 self._exit()
 
         return tracked
+
+
+async def write_or_cancel(context: grpc.aio.ServicerContext[Any, Any], response: Any) -> None:
+    """Send one stream response; if it cannot be sent, the caller is gone: end the call as cancelled.
+
+    Writing here rather than yielding to gRPC matters: a write that fails because the caller cancelled
+    while its responses waited on flow control reaches gRPC before its own "client closed" notice, and
+    gRPC then logs an ERROR traceback (`ExecuteBatchError raised in core by servicer method`). A caller
+    going away is not an error. The handler's generator is closed at its `yield`, so code after the
+    yield runs only for responses that were handed to the transport (docs/operations.md, "Logging").
+    """
+    try:
+        await context.write(response)
+    except Exception as exc:  # ExecuteBatchError, "RPC already finished", server stopped: not sent
+        log.debug("stream response not sent (%s): the caller is gone", type(exc).__name__)
+        raise asyncio.CancelledError from None

@@ -31,6 +31,9 @@ import pytest
 
 from embedder.core.bundle import Bundle
 
+# The load generator's texts are STS-B train sentences and the quality section reads STS-B dev.
+pytestmark = pytest.mark.requires_stsb
+
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = ("throughput_vs_concurrency.png", "latency_cdf.png", "throughput_vs_seq_len.png")
 SECTIONS = (

@@ -155,18 +155,31 @@ def test_other_settings_are_refused_not_mixed(bundle: Bundle, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("not json", "c.jsonl:3: not a JSON object"),
-        ('["a list"]', "c.jsonl:3: not a JSON object"),
-        ('{"id": "x"}', "c.jsonl:3: needs a string field 'text'"),
-        ('{"id": "x", "text": ""}', "c.jsonl:3: field 'text' is empty"),
-        ('{"id": true, "text": "t"}', "c.jsonl:3: needs a string or integer field 'id'"),
+        (b"not json", "c.jsonl:3: not a JSON object"),
+        (b'["a list"]', "c.jsonl:3: not a JSON object"),
+        (b'{"id": "x"}', "c.jsonl:3: needs a string field 'text'"),
+        (b'{"id": "x", "text": ""}', "c.jsonl:3: field 'text' is empty"),
+        (b'{"id": true, "text": "t"}', "c.jsonl:3: needs a string or integer field 'id'"),
+        # Issue 14, defect 5: a valid JSON escape of a lone surrogate used to crash the tokenizer with a
+        # traceback and no line number; a Latin-1 line was "not a JSON object".
+        (
+            b'{"id": "x", "text": "a\\ud800b"}',
+            "c.jsonl:3: field 'text' holds a lone surrogate (U+D800 at character 2); "
+            "strings must be valid Unicode",
+        ),
+        (
+            b'{"id": "\\udc80", "text": "t"}',
+            "c.jsonl:3: field 'id' holds a lone surrogate (U+DC80 at character 1); "
+            "strings must be valid Unicode",
+        ),
+        (b'{"id": "x", "text": "caf\xe9"}', "c.jsonl:3: not valid UTF-8 (byte 0xe9 at column 25)"),
     ],
 )
 def test_bad_line_named_by_file_and_line(
-    bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, message: str
+    bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str], line: bytes, message: str
 ) -> None:
     catalogue = tmp_path / "c.jsonl"
-    catalogue.write_text('{"id": 1, "text": "fine"}\n\n' + line + "\n")
+    catalogue.write_bytes(b'{"id": 1, "text": "fine"}\n\n' + line + b"\n")
     out = tmp_path / "e.npy"
     assert main(["embed-file", str(catalogue), "--out", str(out), "--bundle", str(bundle.path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]

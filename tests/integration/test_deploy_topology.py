@@ -3,7 +3,8 @@ processes, nginx balancing gRPC over them with deploy/nginx/nginx.conf, and a re
 both with deploy/prometheus/prometheus.yml (+ alerts.yml), all on loopback. The files are run as
 committed except for addresses, ports, paths and a 1 s scrape interval (tests/deploy_support.py).
 
-nginx and Prometheus come from Debian packages: scripts/install_system_deps.sh, which .ci/run calls.
+nginx and Prometheus come from Debian packages: scripts/install_system_deps.sh, which .ci/run calls; without
+them these tests skip (fail under CI=true).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from tests.deploy_support import (
     wait_until,
 )
 from tests.support import sample_texts
+
+pytestmark = [pytest.mark.requires_nginx, pytest.mark.requires_prometheus]
 
 JOB = 'job="streamrec-embedder"'
 CALLERS, CALLS, TEXTS = 4, 12, 16

@@ -18,7 +18,6 @@ import pytest
 
 from benchmarks.explain import stsb_faithfulness
 from embedder.core.bundle import load_bundle
-from training.evaluate import STSB_DIR
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "streamrec-cnn-v1"
 BUNDLE = Path(os.environ.get("STREAMREC_EXPLAIN_BUNDLE") or DEFAULT_BUNDLE)
@@ -28,7 +27,7 @@ BUNDLE = Path(os.environ.get("STREAMREC_EXPLAIN_BUNDLE") or DEFAULT_BUNDLE)
     not (BUNDLE / "manifest.json").is_file(),
     reason=f"needs a trained bundle at {BUNDLE} (the default model is still training)",
 )
-@pytest.mark.skipif(not (STSB_DIR / "sts-dev.csv").is_file(), reason=f"STS-B dev not found in {STSB_DIR}")
+@pytest.mark.requires_stsb
 def test_top_attributed_words_matter_more_than_random_words() -> None:
     bundle = load_bundle(BUNDLE)
     assert bundle.explain_path is not None, (

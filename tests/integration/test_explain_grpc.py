@@ -6,7 +6,6 @@ must add up to the similarity the ranking pipeline actually sees, not just to th
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 import threading
@@ -150,9 +149,7 @@ def test_invalid_utf8_on_the_wire_is_invalid_argument(server: ServerThread) -> N
 
 
 def _without_explain(bundle: Bundle, where: Path) -> Bundle:
-    fields = dataclasses.asdict(bundle.manifest)
-    for key in ("format_version", "sha256", "explain_model", "explain_sha256"):
-        fields.pop(key)
+    fields = bundle.manifest.writer_fields()
     return save_bundle(where, bundle.model_path, bundle.tokenizer_path, **fields)
 
 

@@ -8,8 +8,9 @@ model must never see the doomed texts (their marker token), and the metric must 
 
 from __future__ import annotations
 
+import logging
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
@@ -19,6 +20,7 @@ from embedder.core.bundle import Bundle
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.hardening import FaultServer, fault_server, sample, token_of, wait_until
+from tests.support import ServerThread
 
 QUEUED = "streamrec_embedder_queue_items"
 DROPPED = "streamrec_embedder_dropped_items_total"
@@ -112,3 +114,29 @@ def test_stream_deadline_passed_in_the_queue(held: Held) -> None:
     queued(srv, len(DOOMED))
     wait_until(lambda: sample(srv.metrics_url, REQUESTS, method="EmbedStream", code="CANCELLED") == 2)
     release_and_check(srv, first, "deadline")
+
+
+def test_a_caller_going_away_is_not_an_error_in_the_log(
+    start_server: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14, defect 8: a stream whose caller stopped reading and then cancelled logged an ERROR
+    traceback from gRPC (`ExecuteBatchError raised in core by servicer method [...EmbedStream]`) in
+    most tries. Each stream here has responses waiting for the caller (its batches ran, flow control
+    holds them) when it is cancelled; nothing at WARNING or above may be logged for it."""
+    srv = start_server(workers=1)
+    batches = "streamrec_embedder_batch_items_count"
+    texts = ["a caller that stops reading"] * 64
+    caplog.set_level(logging.INFO)
+    with grpc.insecure_channel(srv.address) as channel:
+        stub = pb_grpc.EmbedderStub(channel)
+        for _ in range(12):
+            ran = sample(srv.metrics_url, batches)
+            call = stub.EmbedStream(iter([pb.EmbedRequest(texts=texts)] * 300), timeout=60)
+            wait_until(lambda: sample(srv.metrics_url, batches) >= ran + 40, what="responses waiting")  # noqa: B023
+            call.cancel()  # type: ignore[attr-defined]
+            wait_until(lambda: srv.running.inflight.active == 0, what="the stream to end")
+        assert stub.Embed(pb.EmbedRequest(texts=["still serving"]), timeout=10).count == 1
+    loud = [
+        f"{r.name} {r.levelname}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING
+    ]
+    assert not loud, loud

@@ -1,6 +1,12 @@
 """Start-up: a missing, corrupt or mismatched bundle stops `streamrec-embedder serve` with a non-zero exit
 and a one-line reason, within 1 s of the process starting (wall time of the whole CLI process, Python's
-own start-up included).
+own start-up included) on an idle machine.
+
+Measured 2026-12-02 on the 2-core VM: 0.30-0.42 s CPU (wall about the same) idle; with four CPU-bound
+processes competing (two numpy matmul loops, two spinners; load average 9-12): 0.36-0.54 s CPU and
+2.7-5.4 s wall; once, in a full `make test` beside a training job, 1.05 s CPU. CPU time grows under load
+too (shared caches, a busy sibling hyperthread), so its budget is 2 s: a loaded machine holds it, and a
+real regression still breaks it (importing torch alone costs ~1.0 s CPU here, on top of the ~0.4 s).
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import pytest
 
 from embedder.core.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Bundle, file_sha256
 from tests.hardening import run_cli
+from tests.unit.test_bundle import swap_two_vocabulary_ids
 
-START_UP_BUDGET_S = 1.0
+START_UP_BUDGET_S = 1.0  # wall, on an idle machine
+START_UP_CPU_BUDGET_S = 2.0  # CPU, on any machine (see the docstring)
 Breaker = Callable[[Path], None]
 
 
@@ -41,6 +49,11 @@ def _truncate_and_rehash(root: Path) -> None:
     _set(root, sha256=file_sha256(root / MODEL_FILE))
 
 
+def _truncate_tokenizer_and_rehash(root: Path) -> None:
+    _truncate(root, TOKENIZER_FILE)
+    _set(root, tokenizer_sha256=file_sha256(root / TOKENIZER_FILE))
+
+
 def _wrong_dim(root: Path) -> None:
     dim = _manifest(root)["dim"]
     assert isinstance(dim, int)
@@ -56,23 +69,36 @@ CASES: dict[str, tuple[Breaker, str]] = {
     "truncated-onnx": (lambda root: _truncate(root, MODEL_FILE), "model.onnx sha256 .* does not match"),
     "truncated-onnx-rehashed": (_truncate_and_rehash, "cannot load ONNX model"),
     "bad-json": (lambda root: (root / MANIFEST_FILE).write_text('{"format_version": 1,'), "not valid JSON"),
-    "format-version": (lambda root: _set(root, format_version=2), "format_version 2 is not supported"),
+    "format-version": (lambda root: _set(root, format_version=3), "format_version 3 is not supported"),
+    "swapped-vocabulary": (swap_two_vocabulary_ids, r"tokenizer\.json sha256 .* does not match manifest"),
+    "dim-as-string": (lambda root: _set(root, dim="384"), "manifest field 'dim' must be an integer"),
     "unknown-key": (lambda root: _set(root, colour="blue"), r"unknown manifest keys \['colour'\]"),
     "dim-mismatch": (_wrong_dim, r"model outputs shape \(2, \d+\) for 2 texts; manifest says dim="),
-    "corrupt-tokenizer": (lambda root: _truncate(root, TOKENIZER_FILE), "cannot read tokenizer"),
+    "truncated-tokenizer": (lambda root: _truncate(root, TOKENIZER_FILE), "tokenizer.json sha256 .* not"),
+    "corrupt-tokenizer-rehashed": (_truncate_tokenizer_and_rehash, "cannot read tokenizer"),
 }
 
 
 def machine_is_busy() -> bool:
-    """More runnable work than cores: a niced test process then waits for CPU, not for itself."""
-    return os.getloadavg()[0] >= (os.cpu_count() or 1)
+    """Runnable work is waiting for a core: a test process then waits for CPU, not for itself.
+
+    The 1-minute load average lags a load that just started, so the kernel's CPU pressure (share of the
+    last 10 s in which some task waited for a CPU) is asked too where it exists.
+    """
+    if os.getloadavg()[0] >= (os.cpu_count() or 1):
+        return True
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return False
+    return float(some.split()[1].removeprefix("avg10=")) >= 10.0
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_bundle_exits_non_zero_with_one_line_within_1s(bundle: Bundle, tmp_path: Path, case: str) -> None:
     """The bound is on wall time; on a machine whose cores are all busy (the training job, other test
-    runs) a niced process waits seconds for a CPU, so there the bound applies to the CPU time the process
-    spent (its own cost, which is what start-up can control); wall time is printed either way."""
+    runs) a niced process waits seconds for a CPU, so there only the CPU time the process spent is bounded
+    (its own cost, which is what start-up can control); wall time is printed either way."""
     root = tmp_path / "bundle"
     shutil.copytree(bundle.path, root)
     breaker, reason = CASES[case]
@@ -86,6 +112,6 @@ def test_bad_bundle_exits_non_zero_with_one_line_within_1s(bundle: Bundle, tmp_p
     assert len(lines) == 1, lines
     assert lines[0].startswith("streamrec-embedder: error: "), lines
     assert re.search(reason, lines[0]), lines[0]
-    assert cpu_s < START_UP_BUDGET_S, f"{case}: {cpu_s:.2f}s CPU"
+    assert cpu_s < START_UP_CPU_BUDGET_S, f"{case}: {cpu_s:.2f}s CPU"
     if not busy:
         assert wall_s < START_UP_BUDGET_S, f"{case}: {wall_s:.2f}s wall"

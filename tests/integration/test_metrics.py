@@ -1,4 +1,4 @@
-"""/metrics: exactly the DESIGN.md names, parsed with prometheus_client's parser, counters = calls made."""
+"""/metrics: exactly the names docs/api.md lists, parsed with prometheus_client's parser; counters = calls."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support import ServerThread, sample_texts
 
-# DESIGN.md "Metrics", written out here on purpose: a rename in the code must fail this test.
+# docs/api.md "Metrics", written out here on purpose: a rename in the code must fail this test.
 DESIGN_NAMES = {
     "streamrec_embedder_requests_total",
     "streamrec_embedder_items_total",

