@@ -62,12 +62,21 @@ def from_bundles(paths: Sequence[str | Path]) -> ModelSet:
     seen: dict[tuple[str, str], Path] = {}
     for path in paths:
         bundle = load_bundle(path)
+        _check_identity(bundle)
         key = (bundle.manifest.name, bundle.manifest.version)
         if key in seen:
             raise ConfigError(f"--bundle {path} and {seen[key]} are both {key[0]}@{key[1]}")
         seen[key] = bundle.path
         found.bundles.append(bundle)
     return found
+
+
+def _check_identity(bundle: Bundle) -> None:
+    """A served model's name and version must be writable as EmbedRequest.model ("name@version")."""
+    m = bundle.manifest
+    for what, value in (("name", m.name), ("version", m.version)):
+        if not value or "@" in value or not value.isprintable() or "," in value:
+            raise BundleError(f"bundle {bundle.path}: manifest {what} {value!r} cannot be named in a request")
 
 
 def scan_repository(root: str | Path) -> ModelSet:
@@ -94,6 +103,11 @@ def _add_version(found: ModelSet, name: str, version_dir: Path) -> None:
         found.unreadable.add((name, version))
         return
     m = bundle.manifest
+    try:
+        _check_identity(bundle)
+    except BundleError as exc:
+        found.errors.append(f"{name}@{version}: {exc}")
+        return
     if (m.name, m.version) != (name, version):
         found.errors.append(
             f"{version_dir}: its manifest says {m.name}@{m.version}; the folder must be NAME/VERSION/"
