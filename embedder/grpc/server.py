@@ -232,13 +232,15 @@ async def serve(config: ServerConfig, bundle: Bundle | None = None) -> None:
     # What start-up loaded lives as long as the process: keep it out of the collector's full passes,
     # which otherwise stall the event loop (~45 ms measured under load; docs/operations.md).
     gc.freeze()
+    # One token before "on port": scripts and tests read the ports from this line.
     log.info(
-        "serving %s on port %d (metrics port %s, %d workers each) after %.2fs",
-        running.registry.describe(),
+        "serving %s on port %d (metrics port %s, %d workers per model) after %.2fs; loaded: %s",
+        running.registry.resolve("").key,
         running.port,
         running.metrics_port,
         running.engine.workers,
         time.monotonic() - started,
+        running.registry.describe(),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
