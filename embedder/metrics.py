@@ -28,6 +28,8 @@ from prometheus_client.registry import Collector
 PREFIX = "streamrec_embedder_"
 MODEL = "model"
 NO_MODEL = "none"  # the `model` label of a call refused before a model was chosen
+# The Embedder methods that run on a model (their OK series exist from the moment a version loads).
+SERVED_METHODS = ("Embed", "EmbedStream", "Explain", "GetModelInfo")
 
 # Every metric name the server exports (after prometheus_client adds `_total` to counters).
 METRIC_NAMES = tuple(
@@ -123,8 +125,15 @@ class Metrics:
         self._http_thread: threading.Thread | None = None
 
     def set_model(self, name: str, version: str, dim: int) -> None:
-        """A model version is loaded (model_info 1)."""
+        """A model version is loaded (model_info 1). Its counters start at 0 now, not at its first call:
+        Prometheus' rate() needs a sample from before the traffic, or the first burst never shows."""
         self.model_info.labels(name=name, version=version, dim=str(dim)).set(1)
+        model = f"{name}@{version}"
+        self.items.labels(model=model)
+        self.tokens.labels(model=model)
+        self.queue_items.labels(model=model).set(0)
+        for method in SERVED_METHODS:
+            self.requests.labels(method=method, code="OK", model=model)
 
     def forget_model(self, name: str, version: str, dim: int) -> None:
         """A version is unloaded: its model_info, queue and batch series go (the label stays bounded)."""
@@ -165,7 +174,7 @@ class Metrics:
         counts: dict[tuple[str, str], int] = {}
         for family in self.requests.collect():
             for sample in family.samples:
-                if sample.name.endswith("_total"):
+                if sample.name.endswith("_total") and sample.value:
                     key = (sample.labels["method"], sample.labels["code"])
                     counts[key] = counts.get(key, 0) + int(sample.value)
         return counts
