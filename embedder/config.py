@@ -56,8 +56,13 @@ class ServerConfig:
     max_stream_inflight: int = 64
     grace_period_s: float = 10.0
     max_receive_message_bytes: int = 16 * 1024 * 1024
-    # Concurrent RPCs (streams count one each) beyond which gRPC answers RESOURCE_EXHAUSTED; 0 = no cap.
+    # Open calls (a stream counts once) beyond which a new one gets RESOURCE_EXHAUSTED: every method but
+    # the health service's (grpc/limits.py); 0 = no cap.
     max_concurrent_rpcs: int = 1024
+    # Open health Watch streams (no API key needed, and they stay open) beyond which a new one gets
+    # RESOURCE_EXHAUSTED; their own bound, so they can never take the capacity of keyed calls. gRPC's
+    # client-side health checking opens one per channel: raise it for large fleets. 0 = no cap.
+    max_health_watch_streams: int = 64
     # Watchdog: a batch running longer than this fails its callers (INTERNAL) and its worker is replaced.
     inference_timeout_s: float = 30.0
     log_level: str = "INFO"
@@ -99,6 +104,7 @@ class ServerConfig:
             "max_wait_ms",
             "grace_period_s",
             "max_concurrent_rpcs",
+            "max_health_watch_streams",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
