@@ -51,6 +51,9 @@ class ServerConfig:
     max_wait_ms: float = 2.0
     max_queued_items: int = 8192
     max_texts_per_request: int = 512
+    # Characters admitted but not yet tokenized (core/admission.py): beyond it a request is refused at
+    # once (a request alone is always admitted). ~0.35 s of one tokenizer thread here. 0 = no bound.
+    max_tokenizing_chars: int = 1_048_576
     max_text_chars: int = 20000
     # In-flight messages per EmbedStream before the server stops reading from that stream.
     max_stream_inflight: int = 64
@@ -105,6 +108,7 @@ class ServerConfig:
             "grace_period_s",
             "max_concurrent_rpcs",
             "max_health_watch_streams",
+            "max_tokenizing_chars",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
