@@ -334,7 +334,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             if served.explainer is None:
                 raise NotSupportedError(unsupported_message(served.manifest))
             options = translate.explain_options(request)
-            result = await served.explainer.run_async(request.query, request.candidate, options, call.deadline)
+            result = await served.explainer.run_async(
+                request.query, request.candidate, options, call.deadline
+            )
         return translate.explain_response(result, call.request_id, served.manifest, call.started)
 
     async def _embed(self, raw: pb.EmbedRequest | None, call: _Call) -> pb.EmbedResponse:
