@@ -144,7 +144,9 @@ def run_suite(
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     env_start = environment.describe()
-    inputs = load_inputs(cfg.input_texts)
+    inputs = load_inputs(
+        cfg.input_texts, input_set=cfg.input_set, texts_file=Path(cfg.texts_file) if cfg.texts_file else None
+    )
     requests = requests_of(inputs.texts, cfg.request_texts)
     config = {**dataclasses.asdict(cfg)}
     checkpoint = Checkpoint(run_dir / "partial.json", json.loads(json.dumps(config)), [m.key for m in models])
