@@ -61,6 +61,10 @@ class ServerConfig:
     # Watchdog: a batch running longer than this fails its callers (INTERNAL) and its worker is replaced.
     inference_timeout_s: float = 30.0
     log_level: str = "INFO"
+    # Diagnostics: write every batch the scheduler forms (its texts' token ids) to this JSONL file, for
+    # `streamrec-bench overhead` to replay on the model alone. "" = off. It holds the texts: not for
+    # production traffic.
+    batch_log: str = ""
     # TLS: PEM files; cert + key turn TLS on, a client CA additionally requires client certs (mTLS).
     tls_cert_file: str = ""
     tls_key_file: str = ""

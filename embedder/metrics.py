@@ -35,6 +35,9 @@ METRIC_NAMES = tuple(
         "batch_items",
         "batch_tokens",
         "padding_ratio",
+        # Token-weighted padding efficiency = rate(batch_real_tokens) / rate(batch_padded_tokens).
+        "batch_real_tokens_total",
+        "batch_padded_tokens_total",
         "queue_items",
         "model_info",
         # Beyond the base set (docs/operations.md): work dropped before inference, failed batches.
@@ -91,6 +94,16 @@ class Metrics:
             buckets=_RATIO_BUCKETS,
             registry=r,
         )
+        self.batch_real_tokens = Counter(
+            p + "batch_real_tokens",
+            "Tokens of the texts run (padding excluded), over all batches",
+            registry=r,
+        )
+        self.batch_padded_tokens = Counter(
+            p + "batch_padded_tokens",
+            "Tokens run including padding (longest x texts per batch); real / padded = padding efficiency",
+            registry=r,
+        )
         self.queue_items = Gauge(p + "queue_items", "Texts waiting in the batch queue", registry=r)
         self.model_info = Gauge(
             p + "model_info", "Served model (value 1)", ["name", "version", "dim"], registry=r
@@ -127,6 +140,8 @@ class Metrics:
         self.batch_items.observe(items)
         self.batch_tokens.observe(padded_tokens)
         self.padding_ratio.observe(1.0 - real_tokens / padded_tokens if padded_tokens else 0.0)
+        self.batch_real_tokens.inc(real_tokens)
+        self.batch_padded_tokens.inc(padded_tokens)
         self.inference.observe(inference_s)
 
     def set_queued_items(self, items: int) -> None:

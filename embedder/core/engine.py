@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedder.config import ServerConfig
+from embedder.core.batch_log import BatchLog
 from embedder.core.bundle import Bundle, Manifest
 from embedder.core.gate import ServingGate
 from embedder.core.inline import InlinePolicy
@@ -101,7 +102,11 @@ class EmbeddingEngine:
             max_queued_items=config.max_queued_items,
             max_concurrent_batches=self.workers,
         )
-        self.scheduler = Scheduler(self.sessions.embed_rows_async, limits, manifest.dim, observer)
+        self.batch_log = BatchLog(config.batch_log) if config.batch_log else None
+        record = self.batch_log.record if self.batch_log is not None else None
+        self.scheduler = Scheduler(
+            self.sessions.embed_rows_async, limits, manifest.dim, observer, record=record
+        )
 
     @property
     def manifest(self) -> Manifest:
@@ -174,3 +179,5 @@ class EmbeddingEngine:
         loop ever ran (CLI `embed`, benchmarks)."""
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
+        if self.batch_log is not None:
+            self.batch_log.close()

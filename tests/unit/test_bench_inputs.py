@@ -14,7 +14,23 @@ import pytest
 from benchmarks.inputs import CORPUS_CONFIG, ITEM_WORDS, load_inputs
 from training.corpus import is_heldout, load_corpus_config, text_digest
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron sigma tau upsilon".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "omicron",
+    "sigma",
+    "tau",
+    "upsilon",
+]
 
 
 def _description(i: int, words: int) -> list[str]:
