@@ -6,6 +6,7 @@ streamrec-bench --models cnn,minilm-fp32 --bundle DIR --rounds 2 --run-id NAME -
 streamrec-bench --resume RUN_ID    finish an interrupted run (finished phases are kept)
 streamrec-bench serving --bundle models/streamrec-cnn-v1 [--rounds 2] [--seconds 5] [--out FILE.json]
 streamrec-bench baselines [--rebuild]   build the MiniLM fp32/int8 and model2vec bundles into the cache
+streamrec-bench overhead --bundle DIR [--callers 64] [--seconds 5]   server vs model on its own batches
 
 Add a subcommand by writing `_add_<name>(sub)` and listing it in SUBCOMMANDS.
 """
@@ -79,9 +80,42 @@ def _add_baselines(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.set_defaults(run=_run_baselines)
 
 
+def _run_overhead(args: argparse.Namespace) -> int:
+    from benchmarks.inputs import load_inputs
+    from benchmarks.overhead import markdown, run_overhead
+
+    texts_file = Path(args.texts) if args.texts else None
+    inputs = load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+    report = run_overhead(
+        Path(args.bundle), inputs, callers=args.callers, seconds=args.seconds, ideal_batch=args.ideal_batch
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
+def _add_overhead(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "overhead",
+        help="(c) the server with its batch log, (a) the model on the server's exact batches, "
+        "(b) the model on sorted batches of the same texts; padding efficiency of each",
+    )
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"bundle directory (default {DEFAULT_BUNDLE})")
+    p.add_argument("--callers", type=int, default=64, help="closed-loop gRPC callers (default 64)")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
+    p.add_argument("--ideal-batch", type=int, default=32, help="rows per sorted batch in (b) (default 32)")
+    p.add_argument("--input-texts", type=int, default=4096, help="distinct texts to use (default 4096)")
+    p.add_argument("--out", help="also write the JSON report here")
+    add_input_flags(p)
+    p.set_defaults(run=_run_overhead)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_serving,
     _add_baselines,
+    _add_overhead,
 ]
 
 

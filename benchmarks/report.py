@@ -249,12 +249,23 @@ def _sweep(r: dict[str, Any], key: str, cpu_fields: Sequence[str]) -> list[tuple
 
 
 def _in_process(r: dict[str, Any]) -> list[str]:
-    header = ("model", "callers", "items/s", "p50 ms", "p99 ms", "CPU ms/item", "errors")
+    header: tuple[str, ...] = ("model", "callers", "items/s", "p50 ms", "p99 ms", "CPU ms/item", "errors")
+    # Runs since the padding tally name their padding efficiency (real / padded tokens); older ones don't.
+    padding = any(
+        "padding_efficiency" in x for cells in r["in_process"].values() for c in cells for x in c["runs"]
+    )
+    fields = ["cpu_ms_per_item", "padding_efficiency"] if padding else ["cpu_ms_per_item"]
+    if padding:
+        header = (*header[:-1], "padding efficiency", "errors")
+    notes = [_on_set(r).strip()] if _on_set(r) else []
+    if padding:
+        notes.append("Padding efficiency: real ÷ padded tokens of the batches the scheduler formed.")
+    intro = [" ".join(notes), ""] if notes else []
     return [
         "## (b) In-process runtime: tokenizer + batcher + ONNX",
         "",
-        *([_on_set(r).strip(), ""] if _on_set(r) else []),
-        *table(header, _sweep(r, "in_process", ["cpu_ms_per_item"])),
+        *intro,
+        *table(header, _sweep(r, "in_process", fields)),
     ]
 
 
