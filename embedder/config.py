@@ -61,6 +61,9 @@ class ServerConfig:
     # Watchdog: a batch running longer than this fails its callers (INTERNAL) and its worker is replaced.
     inference_timeout_s: float = 30.0
     log_level: str = "INFO"
+    # Embedding cache (core/cache.py): megabytes of raw model outputs kept per server, LRU-evicted, keyed
+    # by (bundle sha256, truncation, text). 0 = off (the default: docs/operations.md says why).
+    embedding_cache_mb: float = 0.0
     # Diagnostics: write every batch the scheduler forms (its texts' token ids) to this JSONL file, for
     # `streamrec-bench overhead` to replay on the model alone. "" = off. It holds the texts: not for
     # production traffic.
@@ -103,6 +106,7 @@ class ServerConfig:
             "max_wait_ms",
             "grace_period_s",
             "max_concurrent_rpcs",
+            "embedding_cache_mb",
         )
         for name in non_negative:
             if getattr(self, name) < 0:

@@ -8,6 +8,7 @@ scheduler or the event loop (CLI `embed`, bulk jobs, benchmarks, and the tests' 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ import numpy.typing as npt
 from embedder.config import ServerConfig
 from embedder.core.batch_log import BatchLog
 from embedder.core.bundle import Bundle, Manifest
+from embedder.core.cache import EmbeddingCache
 from embedder.core.gate import ServingGate
 from embedder.core.inline import InlinePolicy
 from embedder.core.postprocess import postprocess
@@ -40,6 +42,8 @@ class EmbedOptions:
     normalize: bool = True
     dimensions: int = 0
     truncate: bool = True
+    # False: neither read nor fill the embedding cache (e.g. a one-off bulk pass over a catalogue).
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,12 @@ class EmbeddingEngine:
         session_factory: SessionFactory | None = None,
         on_unhealthy: Callable[[], None] | None = None,
         gate: ServingGate | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         """`session_factory` is the test seam for fault injection; `on_unhealthy` is called (from any
         thread) when inference can no longer be trusted, e.g. workers keep getting stuck; `gate` is the
-        server's drain state (default: this engine's own)."""
+        server's drain state (default: this engine's own); `cache` is an embedding cache shared with
+        other engines (default: one of `config.embedding_cache_mb`, or none)."""
         manifest = bundle.manifest
         if config.max_batch_tokens < manifest.max_tokens:
             raise ConfigError(
@@ -79,6 +85,7 @@ class EmbeddingEngine:
             bundle.tokenizer_path, manifest.max_tokens, manifest.pad_token_id
         )
         self.gate = gate or ServingGate()
+        self.cache = cache if cache is not None else EmbeddingCache.of_mb(config.embedding_cache_mb)
         self.workers = config.resolved_workers()
         self.inline = InlinePolicy(config.inline_tokenize_max_chars, config.inline_infer_max_tokens)
         self.sessions = SessionPool(
@@ -146,18 +153,53 @@ class EmbeddingEngine:
         """
         self.gate.check()
         self.validate(texts, options)
+        cache = self.cache if options.cache else None
+        if cache is None:
+            result = await self._run(texts, options.truncate, deadline)
+        else:
+            result = await self._run_cached(cache, texts, options.truncate, deadline)
+        # Post-processing after the cache: it stores raw rows, so every option applies to a hit as to a miss.
+        embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
+        return dataclasses.replace(result, embeddings=embeddings)
+
+    async def _run(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> EmbedResult:
+        """Admit, tokenize, batch and run `texts`: raw model rows (no post-processing)."""
         started = time.monotonic()
         with self.scheduler.reserve(len(texts)) as reservation:
             if self.inline.tokenize_inline(texts):
-                encoded = self._encode_inline(texts, options.truncate)
+                encoded = self._encode_inline(texts, truncate)
             else:
                 encoded = await asyncio.get_running_loop().run_in_executor(
-                    self._tokenize_pool, self.tokenizer.encode, texts, options.truncate
+                    self._tokenize_pool, self.tokenizer.encode, texts, truncate
                 )
             tokenize_s = time.monotonic() - started
             result = await reservation.submit(encoded.ids, deadline)
-        embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
-        return EmbedResult(embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s)
+        return EmbedResult(
+            result.embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s
+        )
+
+    async def _run_cached(
+        self, cache: EmbeddingCache, texts: Sequence[str], truncate: bool, deadline: float | None
+    ) -> EmbedResult:
+        """Raw rows from the cache where it has them, from the model for the rest (then cached)."""
+        sha = self.manifest.sha256
+        found = cache.get_many(sha, truncate, texts)
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        raw = np.empty((len(texts), self.manifest.dim), dtype=np.float32)
+        counts = [0] * len(texts)
+        result = EmbedResult(raw[:0], [], 0.0, 0.0, 0.0)
+        if missing:
+            miss_texts = [texts[i] for i in missing]
+            result = await self._run(miss_texts, truncate, deadline)
+            cache.put_many(sha, truncate, miss_texts, result.embeddings, result.token_counts)
+            raw[missing] = result.embeddings
+            for i, count in zip(missing, result.token_counts, strict=True):
+                counts[i] = count
+        for i, entry in enumerate(found):
+            if entry is not None:
+                raw[i] = entry.array()
+                counts[i] = entry.tokens
+        return EmbedResult(raw, counts, result.tokenize_s, result.queue_s, result.inference_s)
 
     def _encode_inline(self, texts: Sequence[str], truncate: bool) -> Encoded:
         """Tokenize on the calling (event loop) thread; a Rust panic becomes an ordinary error here too."""
