@@ -3,12 +3,14 @@
     streamrec-embedder serve [--bundle DIR] [--port 50051] [--metrics-port 9000] [--max-wait-ms 2] ...
     streamrec-embedder embed "some text" "another"      # or texts on stdin, one per line; JSON lines out
     streamrec-embedder info [--bundle DIR]              # manifest + server limits as JSON
+    streamrec-embedder info --address HOST:PORT         # the same, asked from a running server
     streamrec-embedder embed-file catalogue.jsonl --out embeddings.npy   # bulk, progress + resume
     streamrec-embedder health [--address 127.0.0.1:50051]  # exit 0 iff grpc.health.v1 says SERVING
     streamrec-embedder explain "query" "item" [--html out.html]  # coloured token attribution
 
-Every config field is a flag (`--max-batch-items`), an env var (`STREAMREC_EMBEDDER_MAX_BATCH_ITEMS`)
-and a default, in that order of precedence. A bad bundle prints a one-line reason and exits 1.
+Every config field is a `serve` flag (`--max-batch-items`), an env var
+(`STREAMREC_EMBEDDER_MAX_BATCH_ITEMS`) and a default, in that order of precedence; the other subcommands
+take the fields they use (embedder/cli_flags.py). A bad bundle prints a one-line reason and exits 1.
 """
 
 from __future__ import annotations
@@ -24,33 +26,46 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from embedder.bulk import cli as bulk_cli
-from embedder.config import SECRET_FIELDS, ServerConfig, load_config
+from embedder.cli_flags import add_config_flags, resolve_bundle
+from embedder.config import ServerConfig, load_config
 from embedder.core.bundle import load_bundle
 from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from embedder.errors import EmbedderError
 from embedder.explain import render as explain_render
 from embedder.grpc.server import serve
+from embedder.v1 import embedder_pb2 as pb
+from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
 PROG = "streamrec-embedder"
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, except secrets (env var or file only: a command line shows in `ps`)."""
-    for f in dataclasses.fields(ServerConfig):
-        if f.name in SECRET_FIELDS:
-            continue
-        default = getattr(ServerConfig(), f.name)
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=type(default),
-            default=None,
-            metavar=type(default).__name__.upper(),
-            help=f"(default {default!r}; env STREAMREC_EMBEDDER_{f.name.upper()})",
-        )
+def _add_channel_flags(parser: argparse.ArgumentParser, default_address: str | None) -> None:
+    """How `health` and `info --address` reach a server: address, deadline, TLS; defaults in the help."""
+    where = (
+        f"host:port of the server (default: {default_address})"
+        if default_address
+        else "host:port of a running server to ask (default: none, read --bundle here)"
+    )
+    parser.add_argument("--address", default=default_address, help=where)
+    parser.add_argument(
+        "--timeout-s", type=float, default=3.0, help="Give up after this many seconds (default: 3.0)."
+    )
+    parser.add_argument(
+        "--tls-ca-file", default="", help="PEM roots: talk TLS to a TLS server (default: none, plaintext)."
+    )
+    parser.add_argument(
+        "--tls-server-name", default="", help="Name the server's certificate carries (default: the host)."
+    )
+    parser.add_argument(
+        "--tls-cert-file", default="", help="Client certificate, for servers that want mTLS (default: none)."
+    )
+    parser.add_argument(
+        "--tls-key-file", default="", help="Client key, for servers that want mTLS (default: none)."
+    )
 
 
 class _ExactParser(argparse.ArgumentParser):
@@ -64,37 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
     # key echoed in the "cannot read" error); a secret is never a flag (config.SECRET_FIELDS).
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ExactParser)
     serve = sub.add_parser("serve", help="serve a bundle over gRPC (+ /metrics) until SIGTERM/SIGINT")
-    _add_config_flags(serve)
+    add_config_flags(serve, "serve")
     embed = sub.add_parser("embed", help="embed texts in-process (args, or stdin lines); JSON lines out")
     embed.add_argument("texts", nargs="*", help="texts to embed (default: read stdin, one per line)")
     embed.add_argument("--no-normalize", action="store_true", help="return raw pooled embeddings")
     embed.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation (0 = full)")
     embed.add_argument("--no-truncate", action="store_true", help="fail on texts over max_tokens")
-    _add_config_flags(embed)
-    info = sub.add_parser("info", help="print the bundle's manifest and the server limits as JSON")
-    _add_config_flags(info)
+    add_config_flags(embed, "embed")
+    info = sub.add_parser(
+        "info", help="the bundle's manifest and the server limits as JSON (--address: a running server's)"
+    )
+    _add_channel_flags(info, None)
+    add_config_flags(info, "info")
     embed_file = sub.add_parser(
         "embed-file", help="embed a JSONL catalogue into .npy/.parquet (progress bar, resumable shards)"
     )
     bulk_cli.add_arguments(embed_file)
-    _add_config_flags(embed_file)
+    add_config_flags(embed_file, "embed-file")
     explain = sub.add_parser("explain", help="why two texts are similar: coloured words, --html heatmap")
     explain_render.add_arguments(explain)
-    _add_config_flags(explain)
+    add_config_flags(explain, "explain")
     probe = sub.add_parser("health", help="ask a server's grpc.health.v1 status; exit 0 iff SERVING")
-    probe.add_argument("--address", default=f"127.0.0.1:{ServerConfig.port}", help="host:port")
-    probe.add_argument("--service", default="", help="service name ('' = the whole server)")
-    probe.add_argument("--timeout-s", type=float, default=3.0, help="give up after this long")
-    probe.add_argument("--tls-ca-file", default="", help="PEM roots: talk TLS to a TLS server")
-    probe.add_argument("--tls-server-name", default="", help="name the server's certificate carries")
-    probe.add_argument("--tls-cert-file", default="", help="client certificate (servers that want mTLS)")
-    probe.add_argument("--tls-key-file", default="", help="client key (servers that want mTLS)")
+    _add_channel_flags(probe, f"127.0.0.1:{ServerConfig.port}")
+    probe.add_argument("--service", default="", help="Service to ask about (default: '', the whole server).")
     return parser
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
     names = {f.name for f in dataclasses.fields(ServerConfig)}
-    return load_config({k: v for k, v in vars(args).items() if k in names})
+    config = load_config({k: v for k, v in vars(args).items() if k in names})
+    return dataclasses.replace(config, bundle=resolve_bundle(config.bundle))
 
 
 def _cmd_serve(config: ServerConfig) -> int:
@@ -143,7 +157,21 @@ def _cmd_info(config: ServerConfig) -> int:
     return 0
 
 
-def _health_channel(args: argparse.Namespace) -> grpc.Channel:
+def _cmd_info_remote(args: argparse.Namespace) -> int:
+    """GetModelInfo from a running server, as JSON with the proto's field names."""
+    with _channel(args) as channel:
+        stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            reply = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=args.timeout_s)
+        except grpc.RpcError as exc:
+            print(f"{PROG}: error: {args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    info = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    print(json.dumps({"address": args.address, **info}, indent=2, sort_keys=True))
+    return 0
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
     if not args.tls_ca_file:
         return grpc.insecure_channel(args.address)
     key, cert = (Path(p).read_bytes() if p else None for p in (args.tls_key_file, args.tls_cert_file))
@@ -154,7 +182,7 @@ def _health_channel(args: argparse.Namespace) -> grpc.Channel:
 
 def _cmd_health(args: argparse.Namespace) -> int:
     """The container HEALTHCHECK: one Check call, the status on stdout, exit 1 unless SERVING."""
-    with _health_channel(args) as channel:
+    with _channel(args) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s
@@ -172,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "health":
             return _cmd_health(args)
+        if args.command == "info" and args.address:
+            return _cmd_info_remote(args)
         config = _config(args)
         if args.command == "serve":
             return _cmd_serve(config)

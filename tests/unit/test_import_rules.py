@@ -32,6 +32,7 @@ EMBEDDER_RULES: dict[str, set[str]] = {
     # The client speaks the wire format: the codec, never the server.
     "embedder.client": {"embedder.channel", "embedder.grpc.encoding", "embedder.v1", "embedder.errors"},
     "embedder.bulk": {"embedder.core", "embedder.client", "embedder.config", "embedder.errors"},
+    "embedder.cli_flags": {"embedder.config"},  # which config fields each subcommand takes as flags
     "embedder.cli": {"embedder"},  # the entry point wires everything together
 }
 
