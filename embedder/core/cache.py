@@ -49,7 +49,7 @@ class CacheStats:
 
 @dataclass(frozen=True, slots=True)
 class Cached:
-    """One text's raw model output and token count."""
+    """One text's raw model output and token count, as a lookup returns it."""
 
     vector: bytes  # float32, the model's output row
     tokens: int
@@ -59,6 +59,10 @@ class Cached:
 
 
 _Key = tuple[str, bool, str]
+# Stored as plain tuples of atomic values (vector bytes, token count), like the keys: CPython's collector
+# untracks such tuples, so a large cache adds nothing to the full collections that the server's frozen
+# heap avoids (docs/operations.md, "Memory and pauses").
+_Entry = tuple[bytes, int]
 
 
 class EmbeddingCache:
@@ -68,7 +72,7 @@ class EmbeddingCache:
         if capacity_bytes <= 0:
             raise ConfigError(f"embedding cache capacity must be > 0 bytes (got {capacity_bytes})")
         self.capacity_bytes = capacity_bytes
-        self._entries: OrderedDict[_Key, Cached] = OrderedDict()
+        self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._bytes = 0
         self._hits = 0
@@ -87,9 +91,11 @@ class EmbeddingCache:
             for text in texts:
                 key = (model, truncate, text)
                 entry = self._entries.get(key)
-                if entry is not None:
+                if entry is None:
+                    found.append(None)
+                else:
                     self._entries.move_to_end(key)
-                found.append(entry)
+                    found.append(Cached(*entry))
             hits = sum(e is not None for e in found)
             self._hits += hits
             self._misses += len(found) - hits
@@ -105,7 +111,7 @@ class EmbeddingCache:
                 if key in self._entries:
                     self._entries.move_to_end(key)
                     continue
-                entry = Cached(np.asarray(row, dtype=np.float32).tobytes(), count)
+                entry = (np.asarray(row, dtype=np.float32).tobytes(), int(count))
                 size = _charge(text, entry)
                 if size > self.capacity_bytes:
                     continue
@@ -134,6 +140,6 @@ class EmbeddingCache:
         return len(self._entries)
 
 
-def _charge(text: str, entry: Cached) -> int:
+def _charge(text: str, entry: _Entry) -> int:
     """What one entry costs in memory: its vector bytes, its text object, the fixed overhead."""
-    return len(entry.vector) + sys.getsizeof(text) + ENTRY_OVERHEAD_BYTES
+    return len(entry[0]) + sys.getsizeof(text) + ENTRY_OVERHEAD_BYTES
