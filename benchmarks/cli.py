@@ -7,6 +7,7 @@ streamrec-bench --resume RUN_ID    finish an interrupted run (finished phases ar
 streamrec-bench serving --bundle models/streamrec-cnn-v1 [--rounds 2] [--seconds 5] [--out FILE.json]
 streamrec-bench baselines [--rebuild]   build the MiniLM fp32/int8 and model2vec bundles into the cache
 streamrec-bench overhead --bundle DIR [--callers 64] [--seconds 5]   server vs model on its own batches
+streamrec-bench cache --bundle DIR [--cache-mb 256] [--distinct 100000]   the cache on Zipf / unique streams
 
 Add a subcommand by writing `_add_<name>(sub)` and listing it in SUBCOMMANDS.
 """
@@ -112,10 +113,43 @@ def _add_overhead(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(run=_run_overhead)
 
 
+def _run_cache(args: argparse.Namespace) -> int:
+    from benchmarks.cache_bench import markdown, run_cache_bench
+
+    report = run_cache_bench(
+        Path(args.bundle),
+        callers=args.callers,
+        seconds=args.seconds,
+        distinct=args.distinct,
+        cache_mb=args.cache_mb,
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
+def _add_cache(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cache", help="the embedding cache over gRPC: a Zipf stream and a no-repeat stream, off vs on"
+    )
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"bundle directory (default {DEFAULT_BUNDLE})")
+    p.add_argument("--callers", type=int, default=64, help="closed-loop gRPC callers (default 64)")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds per cell (default 5)")
+    p.add_argument(
+        "--distinct", type=int, default=100_000, help="distinct items of the Zipf stream (default 100000)"
+    )
+    p.add_argument("--cache-mb", type=float, default=256.0, help="the cache's bound in MiB (default 256)")
+    p.add_argument("--out", help="also write the JSON report here")
+    p.set_defaults(run=_run_cache)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_serving,
     _add_baselines,
     _add_overhead,
+    _add_cache,
 ]
 
 

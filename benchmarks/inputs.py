@@ -85,7 +85,7 @@ def load_inputs(
     fallback = ""
     if input_set == "items":
         try:
-            return Inputs(_sample(_item_texts(apt_lists), n, seed), "items", ITEMS_SOURCE, ITEMS_NOTE)
+            return Inputs(_sample(item_texts(apt_lists), n, seed), "items", ITEMS_SOURCE, ITEMS_NOTE)
         except SourceMissingError as exc:
             fallback = f"fallback from set items ({exc}); "
     if heldout.is_file():
@@ -114,8 +114,9 @@ def _sample(texts: Iterable[str], n: int, seed: int) -> list[str]:
     return unique[:n]
 
 
-def _item_texts(apt_lists: Path) -> list[str]:
-    """Held-out Debian items of 20-40 words (raises SourceMissingError without apt's lists)."""
+def item_texts(apt_lists: Path = APT_LISTS, *, heldout_only: bool = True) -> list[str]:
+    """Debian items of 20-40 words, by default only the held-out ones (SourceMissingError without
+    apt's lists). All of them (~30,000) serve measurements of speed alone (the cache benchmark)."""
     from training.corpus import is_heldout, load_corpus_config, text_digest
     from training.corpus_natural import debian_item_pairs, item_text
 
@@ -129,7 +130,7 @@ def _item_texts(apt_lists: Path) -> list[str]:
         if not lo <= len(text.split()) <= hi or folded in seen:
             continue
         seen.add(folded)
-        if is_heldout(text_digest(text, corpus.seed), corpus.heldout_fraction):
+        if not heldout_only or is_heldout(text_digest(text, corpus.seed), corpus.heldout_fraction):
             out.append(text)
     if not out:
         raise SourceMissingError(f"no held-out Debian items of {lo}-{hi} words in {apt_lists}")

@@ -93,3 +93,17 @@ def test_a_users_file_jsonl_or_txt(tmp_path: Path) -> None:
 def test_an_unknown_set_is_refused() -> None:
     with pytest.raises(ValueError, match="must be one of"):
         load_inputs(10, input_set="everything")
+
+
+def test_cache_streams_zipf_repeats_popular_items_unique_never_repeats(apt_lists: Path) -> None:
+    from benchmarks.cache_bench import catalogue, unique_stream, zipf_stream
+
+    items = catalogue(1000, apt_lists=apt_lists)
+    assert len(set(items)) == 1000  # 200 Debian items of the right length, then tagged copies
+    assert items[999].endswith(")") and "(edition " in items[999]
+    draws = zipf_stream(items, 20_000, seed=3)
+    counts = sorted((draws.count(t) for t in set(draws)), reverse=True)
+    assert counts[0] > 20 * counts[len(counts) // 2]  # a few items take a large share
+    assert zipf_stream(items, 100, seed=3) == zipf_stream(items, 100, seed=3)
+    unique = unique_stream(items, 5000)
+    assert len(set(unique)) == 5000
