@@ -185,6 +185,10 @@ class EmbeddingEngine:
         sha = self.manifest.sha256
         found = cache.get_many(sha, truncate, texts)
         missing = [i for i, entry in enumerate(found) if entry is None]
+        if len(missing) == len(texts):  # nothing cached: the model's rows as they come, no copy
+            result = await self._run(texts, truncate, deadline)
+            cache.put_many(sha, truncate, texts, result.embeddings, result.token_counts)
+            return result
         raw = np.empty((len(texts), self.manifest.dim), dtype=np.float32)
         counts = [0] * len(texts)
         result = EmbedResult(raw[:0], [], 0.0, 0.0, 0.0)
