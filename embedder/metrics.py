@@ -53,6 +53,7 @@ METRIC_NAMES = tuple(
         "cache_bytes",
         "cache_entries",
         "cache_capacity_bytes",
+        "open_calls",
     )
 )
 
@@ -174,6 +175,12 @@ class Metrics:
         )
         self._cache = _CacheCollector()
         r.register(self._cache)
+        self.open_calls = Gauge(
+            p + "open_calls",
+            "Calls open now, by lane: calls (everything but health), watch (health Watch streams)",
+            ["lane"],
+            registry=r,
+        )
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 

@@ -28,7 +28,7 @@ from embedder.core.scheduler import BatchLimits, BatchObserver, Scheduler
 from embedder.core.session import SessionFactory, SessionPool
 from embedder.core.tokenizer import Encoded, TextTokenizer
 from embedder.core.workers import DaemonThreadPool, call_guarded
-from embedder.errors import ConfigError, InvalidInputError
+from embedder.errors import ConfigError, DeadlineExceededError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class EmbeddingEngine:
             max_wait_ms=config.max_wait_ms,
             max_queued_items=config.max_queued_items,
             max_concurrent_batches=self.workers,
+            max_tokenizing_chars=config.max_tokenizing_chars,
         )
         self.batch_log = BatchLog(config.batch_log) if config.batch_log else None
         record = self.batch_log.record if self.batch_log is not None else None
@@ -148,8 +149,9 @@ class EmbeddingEngine:
     ) -> EmbedResult:
         """Embed one request through the scheduler. `deadline` is on `time.monotonic`'s clock.
 
-        Drain state, validation, then admission (queue slots reserved; OverloadedError at once if full),
-        all before any CPU is spent on tokenizing.
+        Drain state, validation, the deadline, then admission (queue slots and the tokenizer's backlog
+        reserved; OverloadedError at once if full), all before any CPU is spent on tokenizing. A caller
+        that is gone before a tokenizer thread takes its texts (cancelled, or out of time) costs nothing.
         """
         self.gate.check()
         self.validate(texts, options)
@@ -165,13 +167,17 @@ class EmbeddingEngine:
     async def _run(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> EmbedResult:
         """Admit, tokenize, batch and run `texts`: raw model rows (no post-processing)."""
         started = time.monotonic()
-        with self.scheduler.reserve(len(texts)) as reservation:
+        _check_deadline(deadline, "before its texts were tokenized")
+        cost = self.tokenizer.cost_chars(texts)
+        with self.scheduler.reserve(len(texts), cost) as reservation:
             if self.inline.tokenize_inline(texts):
                 encoded = self._encode_inline(texts, truncate)
             else:
+                # A cancelled caller's job is skipped by the pool; a late one is refused when it starts.
                 encoded = await asyncio.get_running_loop().run_in_executor(
-                    self._tokenize_pool, self.tokenizer.encode, texts, truncate
+                    self._tokenize_pool, self._encode_in_time, texts, truncate, deadline
                 )
+            reservation.tokenized()
             tokenize_s = time.monotonic() - started
             result = await reservation.submit(encoded.ids, deadline)
         return EmbedResult(
@@ -205,6 +211,11 @@ class EmbeddingEngine:
                 counts[i] = entry.tokens
         return EmbedResult(raw, counts, result.tokenize_s, result.queue_s, result.inference_s)
 
+    def _encode_in_time(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> Encoded:
+        """A tokenizer thread's job: nothing is spent on a caller whose deadline passed while it waited."""
+        _check_deadline(deadline, "while its texts waited for the tokenizer")
+        return self.tokenizer.encode(texts, truncate)
+
     def _encode_inline(self, texts: Sequence[str], truncate: bool) -> Encoded:
         """Tokenize on the calling (event loop) thread; a Rust panic becomes an ordinary error here too."""
         return call_guarded(self.tokenizer.encode, texts, truncate)
@@ -227,3 +238,8 @@ class EmbeddingEngine:
         self.sessions.close()
         if self.batch_log is not None:
             self.batch_log.close()
+
+
+def _check_deadline(deadline: float | None, when: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceededError(f"deadline passed {when}")
