@@ -8,6 +8,7 @@ streamrec-bench serving --bundle models/streamrec-cnn-v1 [--rounds 2] [--seconds
 streamrec-bench baselines [--rebuild]   build the MiniLM fp32/int8 and model2vec bundles into the cache
 streamrec-bench overhead --bundle DIR [--callers 64] [--seconds 5]   server vs model on its own batches
 streamrec-bench cache --bundle DIR [--cache-mb 256] [--distinct 100000]   the cache on Zipf / unique streams
+streamrec-bench infinity [--callers 8]   the Infinity peer (make infinity-venv) vs our server, same texts
 
 Add a subcommand by writing `_add_<name>(sub)` and listing it in SUBCOMMANDS.
 """
@@ -145,11 +146,50 @@ def _add_cache(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=_run_cache)
 
 
+def _run_infinity(args: argparse.Namespace) -> int:
+    from benchmarks.baselines import DEFAULT_CACHE, ensure_baseline, teacher_dir
+    from benchmarks.infinity_peer import markdown, run_infinity_peer
+    from benchmarks.inputs import load_inputs
+
+    texts_file = Path(args.texts) if args.texts else None
+    inputs = load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+    report = run_infinity_peer(
+        Path(args.bundle),
+        ensure_baseline("minilm-fp32", DEFAULT_CACHE),
+        teacher_dir(),
+        inputs,
+        callers=args.callers,
+        seconds=args.seconds,
+        rounds=args.rounds,
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
+def _add_infinity(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "infinity",
+        help="the Infinity peer (make infinity-venv) serving MiniLM over HTTP vs our server (MiniLM, CNN)",
+    )
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"the CNN bundle (default {DEFAULT_BUNDLE})")
+    p.add_argument("--callers", type=int, default=8, help="closed-loop callers (default 8)")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per round (default 5)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds per server (default 2)")
+    p.add_argument("--input-texts", type=int, default=4096, help="distinct texts to use (default 4096)")
+    p.add_argument("--out", help="also write the JSON report here")
+    add_input_flags(p)
+    p.set_defaults(run=_run_infinity)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_serving,
     _add_baselines,
     _add_overhead,
     _add_cache,
+    _add_infinity,
 ]
 
 
