@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from embedder.config import ServerConfig
 from embedder.core.bundle import Bundle, Manifest
+from embedder.core.cache import EmbeddingCache
 from embedder.core.engine import EmbeddingEngine
 from embedder.core.gate import ServingGate
 from embedder.core.session import SessionFactory
@@ -54,6 +55,9 @@ class ModelLoader:
         self._gate = gate
         self._session_factory = session_factory
         self._on_unhealthy = on_unhealthy
+        # One embedding cache for every model: keyed by bundle sha256, so versions never share vectors,
+        # and bounded once by `embedding_cache_mb` however many versions are loaded.
+        self.cache = EmbeddingCache.of_mb(config.embedding_cache_mb)
 
     def __call__(self, bundle: Bundle) -> ServedModel:
         m = bundle.manifest
@@ -64,6 +68,7 @@ class ModelLoader:
             session_factory=self._session_factory,
             on_unhealthy=self._on_unhealthy,
             gate=self._gate,
+            cache=self.cache,
         )
         try:
             # The Explain RPC's graph (explain.onnx), if the bundle has one; it never touches the scheduler.

@@ -224,6 +224,8 @@ async def create_server(
     loader = ModelLoader(config, metrics, gate, session_factory, _not_serving_callback(health_servicer))
     default = config.default_model or (models.bundles[0].manifest.name if models.bundles else "")
     registry = ModelRegistry(loader, default, config.grace_period_s, on_removed=loader.unloaded)
+    cache = loader.cache
+    metrics.watch_cache(cache.stats if cache is not None else lambda: None)
     try:
         await registry.sync(models, strict=True)
     except BaseException:
