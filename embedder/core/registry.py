@@ -126,6 +126,7 @@ class ModelRegistry(Generic[M]):
         self._defaults: dict[str, str] = {}  # name -> version named by the repository
         self._removed: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
+        self._closed = False
 
     # -- resolution -----------------------------------------------------------------------------------
 
@@ -238,6 +239,10 @@ class ModelRegistry(Generic[M]):
             report.errors.append(f"{name}@{version}: {exc}")
             log.error("cannot load %s@%s from %s: %s", name, version, bundle.path, exc)
             return
+        if self._closed:  # the server shut down while this version warmed up: it never serves
+            await model.close()
+            report.errors.append(f"{name}@{version}: the server is shutting down")
+            return
         model.start()
         self._entries.setdefault(name, {})[version] = Entry(model)
         self._removed.discard((name, version))
@@ -269,7 +274,9 @@ class ModelRegistry(Generic[M]):
         log.info("removed %s", entry.key)
 
     async def close(self) -> None:
-        """Close every version (server shutdown: the front end has drained already)."""
+        """Close every version (server shutdown: the front end has drained already). A reload still
+        warming a version closes it when its load returns."""
+        self._closed = True
         entries = self.entries()
         self._entries.clear()
         for entry in entries:

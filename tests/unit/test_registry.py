@@ -201,3 +201,21 @@ def test_a_version_s_bytes_must_not_change_under_it() -> None:
         await registry.close()
 
     run(body)
+
+
+def test_a_version_still_warming_at_shutdown_never_serves() -> None:
+    async def body() -> None:
+        loader = Loader()
+        registry: ModelRegistry[FakeModel] = ModelRegistry(loader, default_model="cnn")
+        await registry.sync(models(bundle("cnn", "1")))
+        loader.gate.clear()
+        loader.entered.clear()
+        rollout = asyncio.create_task(registry.sync(models(bundle("cnn", "1"), bundle("cnn", "2"))))
+        await asyncio.get_running_loop().run_in_executor(None, loader.entered.wait, 10)
+        await registry.close()  # SIGTERM while a SIGHUP reload warms v2
+        loader.gate.set()
+        report = await rollout
+        assert report.added == [] and "shutting down" in report.errors[0]
+        assert registry.entries() == []
+
+    run(body)
