@@ -15,7 +15,11 @@ from pathlib import Path
 from embedder.config import ENV_PREFIX, SECRET_FIELDS, ServerConfig
 
 CONFIG_HELP: dict[str, str] = {
-    "bundle": "Model bundle directory (docs/bundle.md); the default one is found from any directory.",
+    "bundle": "Model bundle directory (docs/bundle.md), repeatable to serve several models or versions; "
+    "the default one is found from any directory.",
+    "model_repository": "A folder of NAME/VERSION/ bundles served instead of --bundle, re-read on SIGHUP "
+    "(docs/bundle.md).",
+    "default_model": "The model a request without `model` gets ('' = the first bundle or repository name).",
     "host": "Address the gRPC server binds ([::] = every interface).",
     "port": "gRPC port (0 = any free port; the log says which).",
     "metrics_port": "Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server).",
@@ -36,9 +40,16 @@ CONFIG_HELP: dict[str, str] = {
     "max_stream_inflight": "Messages of one EmbedStream in work before the server stops reading it.",
     "grace_period_s": "On SIGTERM/SIGINT, how long accepted calls may take to finish.",
     "max_receive_message_bytes": "Largest request message in bytes (larger: RESOURCE_EXHAUSTED).",
-    "max_concurrent_rpcs": "Concurrent calls beyond which gRPC answers RESOURCE_EXHAUSTED (0 = no cap).",
+    "max_concurrent_rpcs": "Open calls of every method but health beyond which a new one gets "
+    "RESOURCE_EXHAUSTED (0 = no cap).",
+    "max_health_watch_streams": "Open health Watch streams (no API key needed) beyond which a new one gets "
+    "RESOURCE_EXHAUSTED; kept apart from the keyed calls' capacity (0 = no cap).",
+    "max_tokenizing_chars": "Characters admitted but not yet tokenized beyond which a request is refused "
+    "(RESOURCE_EXHAUSTED; 0 = no bound).",
     "inference_timeout_s": "A batch running longer fails its callers and its worker is replaced.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
+    "embedding_cache_mb": "Megabytes of embeddings cached per server, LRU-evicted (0 = no cache).",
+    "batch_log": "Diagnostics: write every batch the server forms (token ids) to this JSONL file.",
     "tls_cert_file": "Server certificate (PEM); with --tls-key-file it turns TLS on (docs/tls.md).",
     "tls_key_file": "Server private key (PEM), with --tls-cert-file.",
     "tls_client_ca_file": "CA (PEM) that must have signed client certificates: mutual TLS.",
@@ -58,11 +69,12 @@ _LIMITS = (
 )
 
 # The fields each subcommand other than `serve` reads.
+_MODELS = ("bundle", "model_repository", "default_model")  # where --model picks from
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
-    "embed": ("bundle", "max_text_chars", "intra_op_threads"),
-    "info": ("bundle", *_LIMITS),  # the limits a server with these settings would report
-    "embed-file": ("bundle", "workers", "intra_op_threads", "max_texts_per_request", "max_text_chars"),
-    "explain": ("bundle", "max_text_chars", "inference_timeout_s"),
+    "embed": (*_MODELS, "max_text_chars", "intra_op_threads"),
+    "info": (*_MODELS, *_LIMITS),  # the limits a server with these settings would report
+    "embed-file": (*_MODELS, "workers", "intra_op_threads", "max_texts_per_request", "max_text_chars"),
+    "explain": (*_MODELS, "max_text_chars", "inference_timeout_s"),
 }
 
 
@@ -83,6 +95,12 @@ def add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
     group = parser.add_argument_group("settings (flag > env var > default)")
     for name in command_fields(command):
         default = getattr(defaults, name)
+        if name == "bundle":  # repeatable: one model (version) per flag; the env var is comma-separated
+            help_ = f"{CONFIG_HELP[name]} (default {default!r}; env {ENV_PREFIX}BUNDLE, comma-separated)"
+            group.add_argument(
+                "--bundle", dest=name, action="append", default=None, metavar="DIR", help=help_
+            )
+            continue
         group.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,

@@ -24,7 +24,13 @@ SECRET_FIELDS = frozenset({"api_keys"})
 class ServerConfig:
     """Every serving knob. `workers=0` means one inference worker per CPU core."""
 
+    # Bundle directories to serve, comma-separated (the `--bundle` flag may be repeated instead).
     bundle: str = "models/streamrec-cnn-v1"
+    # A model repository (NAME/VERSION/ bundles, docs/bundle.md): served instead of `bundle`, re-read on
+    # SIGHUP and by the ReloadModels RPC.
+    model_repository: str = ""
+    # What a request without `model` gets ("" = the first --bundle, or the repository's first name).
+    default_model: str = ""
     host: str = "[::]"
     port: int = 50051
     # Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server). The page is plaintext and
@@ -51,16 +57,31 @@ class ServerConfig:
     max_wait_ms: float = 2.0
     max_queued_items: int = 8192
     max_texts_per_request: int = 512
+    # Characters admitted but not yet tokenized (core/admission.py): beyond it a request is refused at
+    # once (a request alone is always admitted). ~0.35 s of one tokenizer thread here. 0 = no bound.
+    max_tokenizing_chars: int = 1_048_576
     max_text_chars: int = 20000
     # In-flight messages per EmbedStream before the server stops reading from that stream.
     max_stream_inflight: int = 64
     grace_period_s: float = 10.0
     max_receive_message_bytes: int = 16 * 1024 * 1024
-    # Concurrent RPCs (streams count one each) beyond which gRPC answers RESOURCE_EXHAUSTED; 0 = no cap.
+    # Open calls (a stream counts once) beyond which a new one gets RESOURCE_EXHAUSTED: every method but
+    # the health service's (grpc/limits.py); 0 = no cap.
     max_concurrent_rpcs: int = 1024
+    # Open health Watch streams (no API key needed, and they stay open) beyond which a new one gets
+    # RESOURCE_EXHAUSTED; their own bound, so they can never take the capacity of keyed calls. gRPC's
+    # client-side health checking opens one per channel: raise it for large fleets. 0 = no cap.
+    max_health_watch_streams: int = 64
     # Watchdog: a batch running longer than this fails its callers (INTERNAL) and its worker is replaced.
     inference_timeout_s: float = 30.0
     log_level: str = "INFO"
+    # Embedding cache (core/cache.py): megabytes of raw model outputs kept per server, LRU-evicted, keyed
+    # by (bundle sha256, truncation, text). 0 = off (the default: docs/operations.md says why).
+    embedding_cache_mb: float = 0.0
+    # Diagnostics: write every batch the scheduler forms (its texts' token ids) to this JSONL file, for
+    # `streamrec-bench overhead` to replay on the model alone. "" = off. It holds the texts: not for
+    # production traffic.
+    batch_log: str = ""
     # TLS: PEM files; cert + key turn TLS on, a client CA additionally requires client certs (mTLS).
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -69,6 +90,9 @@ class ServerConfig:
     # list from the env var. Never a flag (SECRET_FIELDS): a command line shows in `ps`. None = no key.
     api_keys_file: str = ""
     api_keys: str = field(default="", repr=False)
+
+    def bundle_paths(self) -> list[str]:
+        return [p.strip() for p in self.bundle.split(",") if p.strip()]
 
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
@@ -99,6 +123,9 @@ class ServerConfig:
             "max_wait_ms",
             "grace_period_s",
             "max_concurrent_rpcs",
+            "embedding_cache_mb",
+            "max_health_watch_streams",
+            "max_tokenizing_chars",
         )
         for name in non_negative:
             if getattr(self, name) < 0:

@@ -52,6 +52,8 @@ FloatArray = npt.NDArray[np.float32]
 # Embeds a batch of unpadded token rows; returns one row per input row. `lone` is True when no other
 # batch is running or queued (the engine's inline policy uses it).
 RunBatch = Callable[[list[list[int]], bool], Awaitable[FloatArray]]
+# Sees every batch's unpadded token rows just before it runs (the batch log, core/batch_log.py).
+RecordBatch = Callable[[list[list[int]]], None]
 
 
 class BatchObserver(Protocol):
@@ -74,6 +76,8 @@ class BatchLimits:
     max_queued_items: int
     # How many batches may run at once (= inference workers).
     max_concurrent_batches: int
+    # Characters admitted but not yet tokenized (admission.py); 0 = no bound.
+    max_tokenizing_chars: int = 0
 
     def queue_limits(self) -> QueueLimits:
         return QueueLimits(self.max_batch_items, self.max_batch_tokens, self.max_wait_ms)
@@ -87,16 +91,25 @@ class BatchResult:
 
 
 class Reservation:
-    """Queue slots held for one request on its way. Submit through it, or leave the `with` block to give
-    the slots back; either ends the reservation exactly once."""
+    """Queue slots (and characters to tokenize) held for one request on its way. Submit through it, or
+    leave the `with` block to give the slots back; either ends the reservation exactly once."""
 
-    def __init__(self, scheduler: Scheduler, items: int) -> None:
+    def __init__(self, scheduler: Scheduler, items: int, chars: int = 0) -> None:
         self._scheduler = scheduler
         self.items = items
+        self.chars = chars
         self._open = True
+
+    def tokenized(self) -> None:
+        """The request's texts are tokenized (or never will be): its characters leave the tokenizer's
+        backlog (idempotent; `release` and `submit` do it too)."""
+        if self.chars:
+            self._scheduler._admission.tokenized(self.chars)
+            self.chars = 0
 
     def release(self) -> None:
         """Give the slots back (idempotent): the request will not come."""
+        self.tokenized()
         if self._open:
             self._open = False
             self._scheduler._settle(self.items)
@@ -129,15 +142,18 @@ class Scheduler:
         limits: BatchLimits,
         dim: int,
         observer: BatchObserver | None = None,
+        *,
         clock: Callable[[], float] = time.monotonic,
+        record: RecordBatch | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._record = record
         self.limits = limits
         self._dim = dim
         self._observer = observer
         self._clock = clock
         self._queue = BatchQueue(limits.queue_limits(), clock)
-        self._admission = Admission(limits.max_queued_items)
+        self._admission = Admission(limits.max_queued_items, limits.max_tokenizing_chars)
         self._futures: dict[Request, asyncio.Future[BatchResult]] = {}
         self._busy = 0
         self._broken = False
@@ -163,12 +179,13 @@ class Scheduler:
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name="embedder-scheduler")
         self._dispatcher.add_done_callback(self._dispatcher_ended)
 
-    def reserve(self, items: int) -> Reservation:
+    def reserve(self, items: int, chars: int = 0) -> Reservation:
         """Hold `items` queue slots for a request on its way (e.g. being tokenized), which is also worth
-        waiting up to `max_wait_ms` for. Refused at once (`OverloadedError`) if they cannot fit."""
+        waiting up to `max_wait_ms` for, and `chars` characters of the tokenizer's backlog. Refused at
+        once (`OverloadedError`) if they cannot fit."""
         self._check_open()
-        self._admission.claim(items, len(self._queue))
-        return Reservation(self, items)
+        self._admission.claim(items, len(self._queue), chars)
+        return Reservation(self, items, chars)
 
     async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
         """Queue a request that was never announced (nothing to wait for): `reserve` + `submit` in one."""
@@ -318,9 +335,12 @@ class Scheduler:
         text that breaks the model fails only its own caller, not its batch-mates (a stuck batch is
         not re-run: that would double the time its callers wait)."""
         batch_id = next(self._batch_ids)
+        rows = [item.ids for item in batch]
+        if self._record is not None:
+            self._record(rows)
         started = self._clock()
         try:
-            out = await self._run_batch([item.ids for item in batch], lone)
+            out = await self._run_batch(rows, lone)
             if out.shape[0] != len(batch):
                 raise InferenceError(f"model returned {out.shape[0]} rows for {len(batch)} texts")
         except Exception as exc:

@@ -14,7 +14,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,14 +23,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embedder.config import ServerConfig
-from embedder.core.bundle import Bundle, load_bundle
+from embedder.core.bundle import Bundle
 from embedder.core.engine import EmbeddingEngine
 from embedder.core.gate import ServingGate
+from embedder.core.registry import ModelRegistry, SyncReport
+from embedder.core.repository import ModelSet, from_bundles, scan_repository
 from embedder.core.session import SessionFactory
-from embedder.errors import ConfigError
+from embedder.errors import ConfigError, EmbedderError
 from embedder.explain.explainer import Explainer
 from embedder.grpc.auth import ApiKeyInterceptor, load_api_keys, server_credentials
 from embedder.grpc.drain import InflightTracker
+from embedder.grpc.limits import CallLimits
+from embedder.grpc.served import ModelLoader, ServedModel
 from embedder.grpc.service import SERVICE_NAME, EmbedderService, add_to_server
 from embedder.metrics import Metrics
 
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # After the last accepted call is answered, how long the drain still refuses new calls before closing.
 _SETTLE_S = 0.5
+# The least time gRPC's graceful stop gives calls still open when it starts (they were refused by the
+# draining service a moment ago and are on their way out), even once `grace_period_s` is spent.
+_STOP_GRACE_S = 1.0
 
 
 @dataclass
@@ -49,14 +56,28 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     metrics_port: int | None
-    engine: EmbeddingEngine
-    explainer: Explainer | None
+    registry: ModelRegistry[ServedModel]
     service: EmbedderService
     health: Any  # grpc_health.v1.health.aio.HealthServicer (the stubs lack the aio module)
     metrics: Metrics
     inflight: InflightTracker
     gate: ServingGate
+    limits: CallLimits
+    sources: Callable[[], ModelSet]
     _stopped: bool = False
+
+    @property
+    def engine(self) -> EmbeddingEngine:
+        """The default model's engine."""
+        return self.registry.resolve("").model.engine
+
+    @property
+    def explainer(self) -> Explainer | None:
+        return self.registry.resolve("").model.explainer
+
+    async def reload(self) -> SyncReport:
+        """Re-read the model sources (repository or bundles) and roll the registry to them."""
+        return await reload_models(self.registry, self.sources)
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING -> refuse new calls -> let accepted calls finish (up to `grace_s`) -> release."""
@@ -71,19 +92,38 @@ class RunningServer:
         started, calls_before, busy = time.monotonic(), self.inflight.started, self.inflight.active > 0
         if await self.inflight.wait_idle(grace_s):
             # Settle (if there was traffic): the last responses leave, and callers who just got them
-            # and call again are refused precisely too. Then what is left (health Watch streams,
-            # which never end by themselves) is closed.
+            # and call again are refused precisely too. Their refusals are held from now until gRPC's
+            # stop has begun (EmbedderService.hold_refusals), so no caller has a call on its way then.
             if busy or self.inflight.started > calls_before:
+                self.service.hold_refusals()
                 await asyncio.sleep(max(0.0, min(_SETTLE_S, grace_s - (time.monotonic() - started))))
         else:
             log.warning("grace period over; cancelling %d unfinished calls", self.inflight.active)
-        await self.server.stop(0)
-        await self.engine.close()
-        if self.explainer is not None:
-            self.explainer.close()
+        # Health Watch streams never end by themselves: end them (NOT_SERVING, then UNAVAILABLE).
+        self.limits.end_watch_streams()
+        # Graceful: GOAWAY first, so a call racing the stop is refused by the transport (UNAVAILABLE,
+        # which clients retry), and open calls finish. stop(0) cancelled them: CANCELLED, which clients
+        # must not retry, 1-6 times per restart under load (issue 14).
+        stopping = asyncio.create_task(
+            self.server.stop(max(_STOP_GRACE_S, grace_s - (time.monotonic() - started)))
+        )
+        await _stop_begun(self.server)
+        self.service.release_refusals()
+        await stopping
+        await self.registry.close()
         self.metrics.stop_http()
         counts = ", ".join(f"{m} {c}={n}" for (m, c), n in sorted(self.metrics.request_counts().items()))
         log.info("stopped; requests served: %s", counts or "none")
+
+
+async def _stop_begun(server: grpc.aio.Server) -> None:
+    """Until `server.stop()` has told gRPC's core to shut down (GOAWAY sent, no new calls taken): its
+    first step, done before its first real wait. Bounded: a few turns of the event loop at most."""
+    core = getattr(server, "_server", None)  # grpc.aio's AioServer; is_running() is False once stopping
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if core is None or not core.is_running():
+            return
 
 
 def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -109,16 +149,17 @@ def _not_serving_callback(health_servicer: Any) -> Callable[[], None]:
     return callback
 
 
-def _grpc_server(config: ServerConfig, metrics: Metrics, inflight: InflightTracker) -> grpc.aio.Server:
+def _grpc_server(
+    config: ServerConfig, metrics: Metrics, inflight: InflightTracker, limits: CallLimits
+) -> grpc.aio.Server:
     keys = load_api_keys(config)
-    interceptors: list[grpc.aio.ServerInterceptor] = [inflight]  # type: ignore[type-arg]
+    # The lane limits come first: a call beyond its lane's bound is refused before anything else runs.
+    interceptors: list[grpc.aio.ServerInterceptor] = [limits, inflight]  # type: ignore[type-arg]
     if keys:
         interceptors.append(ApiKeyInterceptor(keys, metrics))
-    return grpc.aio.server(
-        options=_grpc_options(config),
-        interceptors=interceptors,
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
-    )
+    # No gRPC-wide cap (maximum_concurrent_rpcs): it counted health Watch streams and Check with the
+    # keyed calls, so anonymous streams could starve both (limits.py bounds each lane instead).
+    return grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
 
 
 def _bind(server: grpc.aio.Server, config: ServerConfig, credentials: grpc.ServerCredentials | None) -> int:
@@ -131,48 +172,77 @@ def _bind(server: grpc.aio.Server, config: ServerConfig, credentials: grpc.Serve
         raise ConfigError(f"cannot bind {address}: {exc}") from None
 
 
-async def create_server(
-    config: ServerConfig, bundle: Bundle | None = None, session_factory: SessionFactory | None = None
-) -> RunningServer:
-    """Load the model, bind, start; health goes SERVING once the model has answered a warm-up batch.
+async def reload_models(registry: ModelRegistry[ServedModel], sources: Callable[[], ModelSet]) -> SyncReport:
+    """SIGHUP and the ReloadModels RPC: new versions load and warm first, removed ones drain, then close."""
+    try:
+        models = await asyncio.get_running_loop().run_in_executor(None, sources)  # hashes every bundle
+    except EmbedderError as exc:
+        return SyncReport(errors=[str(exc)], loaded=[e.key for e in registry.entries()])
+    report = await registry.sync(models)
+    log.info(
+        "reload: added %s, removed %s, loaded %s, errors %s",
+        report.added or "none",
+        report.removed or "none",
+        report.loaded,
+        report.errors or "none",
+    )
+    return report
 
-    `session_factory` replaces the ONNX sessions (the tests' fault-injection seam).
+
+def model_sources(config: ServerConfig, bundles: Sequence[Bundle] = ()) -> Callable[[], ModelSet]:
+    """Where the served models come from, read again on every reload: the repository, else the given
+    bundles, else `config.bundle`."""
+    if config.model_repository:
+        return lambda: scan_repository(config.model_repository)
+    if bundles:
+        fixed = list(bundles)
+        return lambda: ModelSet(bundles=fixed)
+    paths = config.bundle_paths()
+    return lambda: from_bundles(paths)
+
+
+async def create_server(
+    config: ServerConfig,
+    bundle: Bundle | Sequence[Bundle] | None = None,
+    session_factory: SessionFactory | None = None,
+) -> RunningServer:
+    """Load the models, bind, start; health goes SERVING once every model has answered a warm-up batch.
+
+    `bundle` (one or several) replaces `config.bundle`; `session_factory` replaces the ONNX sessions (the
+    tests' fault-injection seam).
     """
-    bundle = bundle or load_bundle(config.bundle)
+    sources = model_sources(config, [bundle] if isinstance(bundle, Bundle) else list(bundle or ()))
+    models = sources()  # a bad bundle fails start-up here, before anything binds
     metrics = Metrics()
-    m = bundle.manifest
-    metrics.set_model(m.name, m.version, m.dim)
-    # Keys and TLS files are read before the model loads: a bad one fails start-up at once.
+    # Keys and TLS files are read before the models load: a bad one fails start-up at once.
     inflight = InflightTracker((f"/{SERVICE_NAME}/",))
-    server = _grpc_server(config, metrics, inflight)
+    limits = CallLimits(config.max_concurrent_rpcs, config.max_health_watch_streams, metrics)
+    server = _grpc_server(config, metrics, inflight, limits)
     credentials = server_credentials(config)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gate = ServingGate()
-    engine = EmbeddingEngine(
-        bundle,
-        config,
-        observer=metrics,
-        session_factory=session_factory,
-        on_unhealthy=_not_serving_callback(health_servicer),
-        gate=gate,
-    )
+    loader = ModelLoader(config, metrics, gate, session_factory, _not_serving_callback(health_servicer))
+    default = config.default_model or (models.bundles[0].manifest.name if models.bundles else "")
+    registry = ModelRegistry(loader, default, config.grace_period_s, on_removed=loader.unloaded)
+    cache = loader.cache
+    metrics.watch_cache(cache.stats if cache is not None else lambda: None)
     try:
-        # The Explain RPC's graph (explain.onnx), if the bundle has one; it never touches the scheduler.
-        explainer = Explainer.for_bundle(bundle, config)
+        await registry.sync(models, strict=True)
     except BaseException:
-        engine.close_sync()
+        await registry.close()
         raise
-    engine.start()
-    service = EmbedderService(engine, metrics, explainer=explainer, config=config, gate=gate)
+    if not registry.entries():
+        raise ConfigError("no model to serve: the model repository holds no bundle")
+    service = EmbedderService(
+        registry, metrics, config, gate, reload=lambda: reload_models(registry, sources)
+    )
     add_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = _bind(server, config, credentials)
     except ConfigError:
-        await engine.close()
-        if explainer is not None:
-            explainer.close()
+        await registry.close()
         raise
     await server.start()
     metrics_port = (
@@ -181,7 +251,17 @@ async def create_server(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
-        server, port, metrics_port, engine, explainer, service, health_servicer, metrics, inflight, gate
+        server,
+        port,
+        metrics_port,
+        registry,
+        service,
+        health_servicer,
+        metrics,
+        inflight,
+        gate,
+        limits,
+        sources,
     )
 
 
@@ -192,21 +272,31 @@ async def serve(config: ServerConfig, bundle: Bundle | None = None) -> None:
     # What start-up loaded lives as long as the process: keep it out of the collector's full passes,
     # which otherwise stall the event loop (~45 ms measured under load; docs/operations.md).
     gc.freeze()
+    # One token before "on port": scripts and tests read the ports from this line.
     log.info(
-        "serving %s on port %d (metrics port %s, %d workers) after %.2fs",
-        running.engine.manifest.name,
+        "serving %s on port %d (metrics port %s, %d workers per model) after %.2fs; loaded: %s",
+        running.registry.resolve("").key,
         running.port,
         running.metrics_port,
         running.engine.workers,
         time.monotonic() - started,
+        running.registry.describe(),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[SyncReport]] = set()
+
+    def reload() -> None:  # SIGHUP: roll to what the repository holds now, without a restart
+        task = loop.create_task(running.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await running.stop(config.grace_period_s)
