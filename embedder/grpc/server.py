@@ -32,6 +32,7 @@ from embedder.explain.explainer import Explainer
 from embedder.grpc.auth import ApiKeyInterceptor, load_api_keys, server_credentials
 from embedder.grpc.drain import InflightTracker
 from embedder.grpc.service import SERVICE_NAME, EmbedderService, add_to_server
+from embedder.http.app import HttpFront, start_http_front
 from embedder.metrics import Metrics
 
 __all__ = ["SERVICE_NAME", "RunningServer", "create_server", "serve"]
@@ -56,7 +57,12 @@ class RunningServer:
     metrics: Metrics
     inflight: InflightTracker
     gate: ServingGate
+    http: HttpFront | None = None
     _stopped: bool = False
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING -> refuse new calls -> let accepted calls finish (up to `grace_s`) -> release."""
@@ -78,6 +84,8 @@ class RunningServer:
         else:
             log.warning("grace period over; cancelling %d unfinished calls", self.inflight.active)
         await self.server.stop(0)
+        if self.http is not None:  # closed by the gate since the drain began: it only finishes requests
+            await self.http.stop()
         await self.engine.close()
         if self.explainer is not None:
             self.explainer.close()
@@ -95,11 +103,13 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-def _not_serving_callback(health_servicer: Any) -> Callable[[], None]:
-    """Thread-safe: flips health to NOT_SERVING (inference can no longer be trusted; restart me)."""
+def _not_serving_callback(health_servicer: Any, healthy: list[bool]) -> Callable[[], None]:
+    """Thread-safe: flips health to NOT_SERVING (inference can no longer be trusted; restart me), and
+    `healthy[0]` to False for the HTTP front's readiness."""
     loop = asyncio.get_running_loop()
 
     async def flip() -> None:
+        healthy[0] = False
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -107,6 +117,19 @@ def _not_serving_callback(health_servicer: Any) -> Callable[[], None]:
         asyncio.run_coroutine_threadsafe(flip(), loop)
 
     return callback
+
+
+async def _http_front(
+    config: ServerConfig, engine: EmbeddingEngine, metrics: Metrics, gate: ServingGate, healthy: list[bool]
+) -> HttpFront | None:
+    """The OpenAI-compatible front on `http_port` (-1 = none), with the same API keys as gRPC."""
+    if config.http_port < 0:
+        return None
+    keys = load_api_keys(config)
+    authorized = ApiKeyInterceptor(keys).authorized if keys else None
+    return await start_http_front(
+        config, engine, metrics, gate, ready=lambda: healthy[0], authorized=authorized
+    )
 
 
 def _grpc_server(config: ServerConfig, metrics: Metrics, inflight: InflightTracker) -> grpc.aio.Server:
@@ -148,12 +171,13 @@ async def create_server(
     credentials = server_credentials(config)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gate = ServingGate()
+    healthy = [True]
     engine = EmbeddingEngine(
         bundle,
         config,
         observer=metrics,
         session_factory=session_factory,
-        on_unhealthy=_not_serving_callback(health_servicer),
+        on_unhealthy=_not_serving_callback(health_servicer, healthy),
         gate=gate,
     )
     try:
@@ -169,6 +193,7 @@ async def create_server(
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = _bind(server, config, credentials)
+        http = await _http_front(config, engine, metrics, gate, healthy)
     except ConfigError:
         await engine.close()
         if explainer is not None:
@@ -181,7 +206,7 @@ async def create_server(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
-        server, port, metrics_port, engine, explainer, service, health_servicer, metrics, inflight, gate
+        server, port, metrics_port, engine, explainer, service, health_servicer, metrics, inflight, gate, http
     )
 
 
@@ -193,10 +218,11 @@ async def serve(config: ServerConfig, bundle: Bundle | None = None) -> None:
     # which otherwise stall the event loop (~45 ms measured under load; docs/operations.md).
     gc.freeze()
     log.info(
-        "serving %s on port %d (metrics port %s, %d workers) after %.2fs",
+        "serving %s on port %d (metrics port %s, http port %s, %d workers) after %.2fs",
         running.engine.manifest.name,
         running.port,
         running.metrics_port,
+        running.http_port,
         running.engine.workers,
         time.monotonic() - started,
     )
