@@ -27,6 +27,7 @@ EMBEDDER_RULES: dict[str, set[str]] = {
         "embedder.config",
         "embedder.metrics",
         "embedder.v1",
+        "embedder.http",  # server.py runs the process: it starts the HTTP front on its event loop
     },
     "embedder.channel": set(),
     # The client speaks the wire format: the codec, never the server.
