@@ -38,7 +38,12 @@ CONFIG_HELP: dict[str, str] = {
     "max_stream_inflight": "Messages of one EmbedStream in work before the server stops reading it.",
     "grace_period_s": "On SIGTERM/SIGINT, how long accepted calls may take to finish.",
     "max_receive_message_bytes": "Largest request message in bytes (larger: RESOURCE_EXHAUSTED).",
-    "max_concurrent_rpcs": "Concurrent calls beyond which gRPC answers RESOURCE_EXHAUSTED (0 = no cap).",
+    "max_concurrent_rpcs": "Open calls of every method but health beyond which a new one gets "
+    "RESOURCE_EXHAUSTED (0 = no cap).",
+    "max_health_watch_streams": "Open health Watch streams (no API key needed) beyond which a new one gets "
+    "RESOURCE_EXHAUSTED; kept apart from the keyed calls' capacity (0 = no cap).",
+    "max_tokenizing_chars": "Characters admitted but not yet tokenized beyond which a request is refused "
+    "(RESOURCE_EXHAUSTED; 0 = no bound).",
     "inference_timeout_s": "A batch running longer fails its callers and its worker is replaced.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
     "tls_cert_file": "Server certificate (PEM); with --tls-key-file it turns TLS on (docs/tls.md).",

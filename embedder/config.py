@@ -54,13 +54,21 @@ class ServerConfig:
     max_wait_ms: float = 2.0
     max_queued_items: int = 8192
     max_texts_per_request: int = 512
+    # Characters admitted but not yet tokenized (core/admission.py): beyond it a request is refused at
+    # once (a request alone is always admitted). ~0.35 s of one tokenizer thread here. 0 = no bound.
+    max_tokenizing_chars: int = 1_048_576
     max_text_chars: int = 20000
     # In-flight messages per EmbedStream before the server stops reading from that stream.
     max_stream_inflight: int = 64
     grace_period_s: float = 10.0
     max_receive_message_bytes: int = 16 * 1024 * 1024
-    # Concurrent RPCs (streams count one each) beyond which gRPC answers RESOURCE_EXHAUSTED; 0 = no cap.
+    # Open calls (a stream counts once) beyond which a new one gets RESOURCE_EXHAUSTED: every method but
+    # the health service's (grpc/limits.py); 0 = no cap.
     max_concurrent_rpcs: int = 1024
+    # Open health Watch streams (no API key needed, and they stay open) beyond which a new one gets
+    # RESOURCE_EXHAUSTED; their own bound, so they can never take the capacity of keyed calls. gRPC's
+    # client-side health checking opens one per channel: raise it for large fleets. 0 = no cap.
+    max_health_watch_streams: int = 64
     # Watchdog: a batch running longer than this fails its callers (INTERNAL) and its worker is replaced.
     inference_timeout_s: float = 30.0
     log_level: str = "INFO"
@@ -102,6 +110,8 @@ class ServerConfig:
             "max_wait_ms",
             "grace_period_s",
             "max_concurrent_rpcs",
+            "max_health_watch_streams",
+            "max_tokenizing_chars",
         )
         for name in non_negative:
             if getattr(self, name) < 0:

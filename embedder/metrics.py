@@ -40,6 +40,7 @@ METRIC_NAMES = tuple(
         # Beyond the base set (docs/operations.md): work dropped before inference, failed batches.
         "dropped_items_total",
         "failed_batches_total",
+        "open_calls",
     )
 )
 
@@ -105,6 +106,12 @@ class Metrics:
             p + "failed_batches",
             "Batches whose inference failed (reason: error, timeout)",
             ["reason"],
+            registry=r,
+        )
+        self.open_calls = Gauge(
+            p + "open_calls",
+            "Calls open now, by lane: calls (everything but health), watch (health Watch streams)",
+            ["lane"],
             registry=r,
         )
         self._http: WSGIServer | None = None

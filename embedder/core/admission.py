@@ -1,9 +1,15 @@
-"""Admission: the queue bound, counted before any work is done on a request.
+"""Admission: the queue bound and the tokenizer's backlog, counted before any work is done on a request.
 
 A request on its way (being tokenized) reserves its queue slots up front, so an overloaded server refuses
 it at once, before spending CPU on it. The same count tells the scheduler whether texts are on their way,
 which is what makes waiting for batch-mates worth it. Pure bookkeeping: `Scheduler.reserve` wraps it in a
 `Reservation`, the one object a caller holds.
+
+Tokenizing is work too: two callers sending 512 long texts each used to keep the tokenizer threads busy
+for seconds while the queue stayed empty and nothing was refused (issue 14, defect 2). A reservation
+therefore also holds the characters it will tokenize (the tokenizer's estimate: at most a prefix per
+text), and the characters reserved but not yet tokenized stay within `max_tokenizing_chars`. A request
+is always admitted when nothing else waits for the tokenizer, so no single request is refused forever.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ from embedder.errors import OverloadedError
 
 
 class Admission:
-    """Queued + reserved texts stay within `capacity` (`max_queued_items`)."""
+    """Queued + reserved texts stay within `capacity` (`max_queued_items`); reserved characters to
+    tokenize within `max_chars` (`max_tokenizing_chars`, 0 = no bound)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_chars: int = 0) -> None:
         self.capacity = capacity
+        self.max_chars = max_chars
         self.reserved = 0  # slots promised to requests on their way
         self.arriving = 0  # requests on their way
+        self.chars = 0  # characters those requests will tokenize
 
     def check(self, items: int, queued: int) -> None:
         """Raise `OverloadedError` unless `items` more texts fit next to `queued` and the reservations."""
@@ -27,11 +36,26 @@ class Admission:
                 f"max_queued_items={self.capacity}; retry with backoff"
             )
 
-    def claim(self, items: int, queued: int) -> None:
-        """Reserve `items` slots for one request on its way (`OverloadedError` if they do not fit)."""
+    def check_chars(self, chars: int) -> None:
+        """Raise `OverloadedError` if tokenizing `chars` more would exceed the tokenizer backlog bound."""
+        if self.max_chars and self.chars > 0 and self.chars + chars > self.max_chars:
+            raise OverloadedError(
+                f"tokenizer busy: {self.chars} characters waiting to be tokenized, {chars} more would "
+                f"exceed max_tokenizing_chars={self.max_chars}; retry with backoff"
+            )
+
+    def claim(self, items: int, queued: int, chars: int = 0) -> None:
+        """Reserve `items` slots and `chars` characters to tokenize for one request on its way
+        (`OverloadedError` if they do not fit)."""
         self.check(items, queued)
+        self.check_chars(chars)
         self.reserved += items
         self.arriving += 1
+        self.chars += chars
+
+    def tokenized(self, chars: int) -> None:
+        """The request's characters are tokenized (or never will be): they leave the backlog."""
+        self.chars -= chars
 
     def settle(self, items: int) -> None:
         """The request came (its texts are queued now) or will not come: its reservation ends."""

@@ -25,7 +25,7 @@ from embedder.core.scheduler import BatchLimits, BatchObserver, Scheduler
 from embedder.core.session import SessionFactory, SessionPool
 from embedder.core.tokenizer import Encoded, TextTokenizer
 from embedder.core.workers import DaemonThreadPool, call_guarded
-from embedder.errors import ConfigError, InvalidInputError
+from embedder.errors import ConfigError, DeadlineExceededError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class EmbeddingEngine:
             max_wait_ms=config.max_wait_ms,
             max_queued_items=config.max_queued_items,
             max_concurrent_batches=self.workers,
+            max_tokenizing_chars=config.max_tokenizing_chars,
         )
         self.scheduler = Scheduler(self.sessions.embed_rows_async, limits, manifest.dim, observer)
 
@@ -136,23 +137,33 @@ class EmbeddingEngine:
     ) -> EmbedResult:
         """Embed one request through the scheduler. `deadline` is on `time.monotonic`'s clock.
 
-        Drain state, validation, then admission (queue slots reserved; OverloadedError at once if full),
-        all before any CPU is spent on tokenizing.
+        Drain state, validation, the deadline, then admission (queue slots and the tokenizer's backlog
+        reserved; OverloadedError at once if full), all before any CPU is spent on tokenizing. A caller
+        that is gone before a tokenizer thread takes its texts (cancelled, or out of time) costs nothing.
         """
         self.gate.check()
         self.validate(texts, options)
         started = time.monotonic()
-        with self.scheduler.reserve(len(texts)) as reservation:
+        _check_deadline(deadline, "before its texts were tokenized")
+        cost = self.tokenizer.cost_chars(texts)
+        with self.scheduler.reserve(len(texts), cost) as reservation:
             if self.inline.tokenize_inline(texts):
                 encoded = self._encode_inline(texts, options.truncate)
             else:
+                # A cancelled caller's job is skipped by the pool; a late one is refused when it starts.
                 encoded = await asyncio.get_running_loop().run_in_executor(
-                    self._tokenize_pool, self.tokenizer.encode, texts, options.truncate
+                    self._tokenize_pool, self._encode_in_time, texts, options.truncate, deadline
                 )
+            reservation.tokenized()
             tokenize_s = time.monotonic() - started
             result = await reservation.submit(encoded.ids, deadline)
         embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
         return EmbedResult(embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s)
+
+    def _encode_in_time(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> Encoded:
+        """A tokenizer thread's job: nothing is spent on a caller whose deadline passed while it waited."""
+        _check_deadline(deadline, "while its texts waited for the tokenizer")
+        return self.tokenizer.encode(texts, truncate)
 
     def _encode_inline(self, texts: Sequence[str], truncate: bool) -> Encoded:
         """Tokenize on the calling (event loop) thread; a Rust panic becomes an ordinary error here too."""
@@ -174,3 +185,8 @@ class EmbeddingEngine:
         loop ever ran (CLI `embed`, benchmarks)."""
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
+
+
+def _check_deadline(deadline: float | None, when: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceededError(f"deadline passed {when}")

@@ -74,6 +74,8 @@ class BatchLimits:
     max_queued_items: int
     # How many batches may run at once (= inference workers).
     max_concurrent_batches: int
+    # Characters admitted but not yet tokenized (admission.py); 0 = no bound.
+    max_tokenizing_chars: int = 0
 
     def queue_limits(self) -> QueueLimits:
         return QueueLimits(self.max_batch_items, self.max_batch_tokens, self.max_wait_ms)
@@ -87,16 +89,25 @@ class BatchResult:
 
 
 class Reservation:
-    """Queue slots held for one request on its way. Submit through it, or leave the `with` block to give
-    the slots back; either ends the reservation exactly once."""
+    """Queue slots (and characters to tokenize) held for one request on its way. Submit through it, or
+    leave the `with` block to give the slots back; either ends the reservation exactly once."""
 
-    def __init__(self, scheduler: Scheduler, items: int) -> None:
+    def __init__(self, scheduler: Scheduler, items: int, chars: int = 0) -> None:
         self._scheduler = scheduler
         self.items = items
+        self.chars = chars
         self._open = True
+
+    def tokenized(self) -> None:
+        """The request's texts are tokenized (or never will be): its characters leave the tokenizer's
+        backlog (idempotent; `release` and `submit` do it too)."""
+        if self.chars:
+            self._scheduler._admission.tokenized(self.chars)
+            self.chars = 0
 
     def release(self) -> None:
         """Give the slots back (idempotent): the request will not come."""
+        self.tokenized()
         if self._open:
             self._open = False
             self._scheduler._settle(self.items)
@@ -137,7 +148,7 @@ class Scheduler:
         self._observer = observer
         self._clock = clock
         self._queue = BatchQueue(limits.queue_limits(), clock)
-        self._admission = Admission(limits.max_queued_items)
+        self._admission = Admission(limits.max_queued_items, limits.max_tokenizing_chars)
         self._futures: dict[Request, asyncio.Future[BatchResult]] = {}
         self._busy = 0
         self._broken = False
@@ -163,12 +174,13 @@ class Scheduler:
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name="embedder-scheduler")
         self._dispatcher.add_done_callback(self._dispatcher_ended)
 
-    def reserve(self, items: int) -> Reservation:
+    def reserve(self, items: int, chars: int = 0) -> Reservation:
         """Hold `items` queue slots for a request on its way (e.g. being tokenized), which is also worth
-        waiting up to `max_wait_ms` for. Refused at once (`OverloadedError`) if they cannot fit."""
+        waiting up to `max_wait_ms` for, and `chars` characters of the tokenizer's backlog. Refused at
+        once (`OverloadedError`) if they cannot fit."""
         self._check_open()
-        self._admission.claim(items, len(self._queue))
-        return Reservation(self, items)
+        self._admission.claim(items, len(self._queue), chars)
+        return Reservation(self, items, chars)
 
     async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
         """Queue a request that was never announced (nothing to wait for): `reserve` + `submit` in one."""

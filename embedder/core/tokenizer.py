@@ -91,6 +91,13 @@ class TextTokenizer:
             raise BundleError(f"cannot read tokenizer {path}: {exc}") from None
         return cls(tok, max_tokens, pad_token_id)
 
+    def cost_chars(self, texts: Sequence[str]) -> int:
+        """About how many characters `encode(texts)` will read: the admission's measure of its work
+        (a prefix per long text; more only for texts with little to tokenize in their first part)."""
+        if self._cutter is None:
+            return sum(len(t) for t in texts)
+        return sum(min(len(t), self._cutter.chars) for t in texts)
+
     def encode(self, texts: Sequence[str], truncate: bool = True) -> Encoded:
         """Encode `texts`; with `truncate=False` a text over `max_tokens` raises `InvalidInputError`."""
         encodings = self._encode_kept(list(texts), self._encode_batch)

@@ -31,6 +31,7 @@ from embedder.errors import ConfigError
 from embedder.explain.explainer import Explainer
 from embedder.grpc.auth import ApiKeyInterceptor, load_api_keys, server_credentials
 from embedder.grpc.drain import InflightTracker
+from embedder.grpc.limits import CallLimits
 from embedder.grpc.service import SERVICE_NAME, EmbedderService, add_to_server
 from embedder.http.app import HttpFront, start_http_front
 from embedder.metrics import Metrics
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 # After the last accepted call is answered, how long the drain still refuses new calls before closing.
 _SETTLE_S = 0.5
+# The least time gRPC's graceful stop gives calls still open when it starts (they were refused by the
+# draining service a moment ago and are on their way out), even once `grace_period_s` is spent.
+_STOP_GRACE_S = 1.0
 
 
 @dataclass
@@ -57,6 +61,7 @@ class RunningServer:
     metrics: Metrics
     inflight: InflightTracker
     gate: ServingGate
+    limits: CallLimits
     http: HttpFront | None = None
     _stopped: bool = False
 
@@ -77,13 +82,24 @@ class RunningServer:
         started, calls_before, busy = time.monotonic(), self.inflight.started, self.inflight.active > 0
         if await self.inflight.wait_idle(grace_s):
             # Settle (if there was traffic): the last responses leave, and callers who just got them
-            # and call again are refused precisely too. Then what is left (health Watch streams,
-            # which never end by themselves) is closed.
+            # and call again are refused precisely too. Their refusals are held from now until gRPC's
+            # stop has begun (EmbedderService.hold_refusals), so no caller has a call on its way then.
             if busy or self.inflight.started > calls_before:
+                self.service.hold_refusals()
                 await asyncio.sleep(max(0.0, min(_SETTLE_S, grace_s - (time.monotonic() - started))))
         else:
             log.warning("grace period over; cancelling %d unfinished calls", self.inflight.active)
-        await self.server.stop(0)
+        # Health Watch streams never end by themselves: end them (NOT_SERVING, then UNAVAILABLE).
+        self.limits.end_watch_streams()
+        # Graceful: GOAWAY first, so a call racing the stop is refused by the transport (UNAVAILABLE,
+        # which clients retry), and open calls finish. stop(0) cancelled them: CANCELLED, which clients
+        # must not retry, 1-6 times per restart under load (issue 14).
+        stopping = asyncio.create_task(
+            self.server.stop(max(_STOP_GRACE_S, grace_s - (time.monotonic() - started)))
+        )
+        await _stop_begun(self.server)
+        self.service.release_refusals()
+        await stopping
         if self.http is not None:  # closed by the gate since the drain began: it only finishes requests
             await self.http.stop()
         await self.engine.close()
@@ -92,6 +108,16 @@ class RunningServer:
         self.metrics.stop_http()
         counts = ", ".join(f"{m} {c}={n}" for (m, c), n in sorted(self.metrics.request_counts().items()))
         log.info("stopped; requests served: %s", counts or "none")
+
+
+async def _stop_begun(server: grpc.aio.Server) -> None:
+    """Until `server.stop()` has told gRPC's core to shut down (GOAWAY sent, no new calls taken): its
+    first step, done before its first real wait. Bounded: a few turns of the event loop at most."""
+    core = getattr(server, "_server", None)  # grpc.aio's AioServer; is_running() is False once stopping
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if core is None or not core.is_running():
+            return
 
 
 def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -132,16 +158,17 @@ async def _http_front(
     )
 
 
-def _grpc_server(config: ServerConfig, metrics: Metrics, inflight: InflightTracker) -> grpc.aio.Server:
+def _grpc_server(
+    config: ServerConfig, metrics: Metrics, inflight: InflightTracker, limits: CallLimits
+) -> grpc.aio.Server:
     keys = load_api_keys(config)
-    interceptors: list[grpc.aio.ServerInterceptor] = [inflight]  # type: ignore[type-arg]
+    # The lane limits come first: a call beyond its lane's bound is refused before anything else runs.
+    interceptors: list[grpc.aio.ServerInterceptor] = [limits, inflight]  # type: ignore[type-arg]
     if keys:
         interceptors.append(ApiKeyInterceptor(keys, metrics))
-    return grpc.aio.server(
-        options=_grpc_options(config),
-        interceptors=interceptors,
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
-    )
+    # No gRPC-wide cap (maximum_concurrent_rpcs): it counted health Watch streams and Check with the
+    # keyed calls, so anonymous streams could starve both (limits.py bounds each lane instead).
+    return grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
 
 
 def _bind(server: grpc.aio.Server, config: ServerConfig, credentials: grpc.ServerCredentials | None) -> int:
@@ -167,7 +194,8 @@ async def create_server(
     metrics.set_model(m.name, m.version, m.dim)
     # Keys and TLS files are read before the model loads: a bad one fails start-up at once.
     inflight = InflightTracker((f"/{SERVICE_NAME}/",))
-    server = _grpc_server(config, metrics, inflight)
+    limits = CallLimits(config.max_concurrent_rpcs, config.max_health_watch_streams, metrics)
+    server = _grpc_server(config, metrics, inflight, limits)
     credentials = server_credentials(config)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gate = ServingGate()
@@ -206,7 +234,18 @@ async def create_server(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
-        server, port, metrics_port, engine, explainer, service, health_servicer, metrics, inflight, gate, http
+        server,
+        port,
+        metrics_port,
+        engine,
+        explainer,
+        service,
+        health_servicer,
+        metrics,
+        inflight,
+        gate,
+        limits,
+        http,
     )
 
 

@@ -3,13 +3,20 @@
 Translation protobuf <-> core is in `translate.py`; the error -> status map in `status.py`; the drain
 state is the core's `ServingGate`, shared with the engine. Unexpected errors become INTERNAL with a
 request id; the trace goes to the log, never to the caller.
+
+`requests_total` counts what the caller got (issue 14, defect 6): a call whose deadline passed (in the
+queue, or while gRPC cancelled it) is DEADLINE_EXCEEDED, not CANCELLED; an answer ready only after the
+deadline is DEADLINE_EXCEEDED, not OK (defect 7); a stream response is counted once it was handed to
+the transport, and one that never was counts as CANCELLED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -19,7 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from embedder.config import ServerConfig
 from embedder.core.engine import EmbeddingEngine
 from embedder.core.gate import ServingGate
-from embedder.errors import InvalidInputError, NotSupportedError, ShuttingDownError
+from embedder.errors import DeadlineExceededError, InvalidInputError, NotSupportedError, ShuttingDownError
 from embedder.explain.explainer import Explainer, unsupported_message
 from embedder.grpc import translate
 from embedder.grpc.status import status_for
@@ -31,6 +38,21 @@ R = TypeVar("R")
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 _RECONNECT = "server is shutting down; reconnect elsewhere"
+_LATE = "deadline passed before the answer was ready"
+# A refusal held in the drain's last moment (see `hold_refusals`) is answered at least this long before
+# the caller's deadline, so the caller hears UNAVAILABLE (retry elsewhere), not DEADLINE_EXCEEDED.
+_REFUSAL_MARGIN_S = 0.05
+# A cancellation this close to the deadline is the deadline's doing (gRPC's timer vs. our clock).
+_DEADLINE_SLACK_S = 0.02
+
+
+@dataclass
+class _Outcome:
+    """One stream message's answer, counted under `code` once it has been handed to the transport."""
+
+    response: pb.EmbedResponse
+    code: str
+    started: float
 
 
 def _lenient(kind: type[Message]) -> Any:
@@ -75,11 +97,6 @@ def add_to_server(service: EmbedderService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
 
-def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 class EmbedderService(pb_grpc.EmbedderServicer):
     """Embed, EmbedStream, GetModelInfo, Explain over one `EmbeddingEngine` (and its explainer, if any)."""
 
@@ -91,7 +108,11 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         explainer: Explainer | None = None,
         config: ServerConfig | None = None,
         gate: ServingGate | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` is the engine's (`time.monotonic`): deadlines are compared on it (a test seam)."""
+        self.clock = clock
+        self._released: asyncio.Event | None = None  # refusals wait while it is clear
         self._engine = engine
         self._explainer = explainer
         self._config = config or engine.config
@@ -107,15 +128,35 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         for task in list(self._stream_readers):
             task.cancel()
 
+    def hold_refusals(self) -> None:
+        """The drain's last moment: calls refused because the server is draining wait (within their
+        deadline) for `release_refusals` instead of being answered at once. A closed-loop caller then
+        has its call held, not a new one on its way, when gRPC stops: calls gRPC has received but not yet
+        handed to us are cancelled by its stop (CANCELLED, which clients do not retry)."""
+        self._released = asyncio.Event()
+
+    def release_refusals(self) -> None:
+        """gRPC's stop has begun (GOAWAY sent): answer the held refusals with UNAVAILABLE."""
+        if self._released is not None:
+            self._released.set()
+
+    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+        remaining = context.time_remaining()
+        return None if remaining is None else self.clock() + remaining
+
+    def _late(self, deadline: float | None) -> bool:
+        return deadline is not None and self.clock() >= deadline
+
     async def Embed(  # noqa: N802 (gRPC method name)
         self,
         request: pb.EmbedRequest | None,
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
-        started = time.monotonic()
+        started = self.clock()
         request_id = translate.request_id_of(request)
-        work = partial(self._embed, request, request_id, started, _deadline(context))
-        response = await self._answer("Embed", work, context, request_id, started)
+        deadline = self._deadline(context)
+        work = partial(self._embed, request, request_id, started, deadline)
+        response = await self._answer("Embed", work, context, request_id, started, deadline=deadline)
         self._observe_ok("Embed", response, started)
         return response
 
@@ -125,25 +166,31 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> AsyncIterator[pb.EmbedResponse]:
         """Messages run concurrently (so they batch together); responses come back in request order."""
-        await self._abort_if_draining(context)
-        inflight: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None] = asyncio.Queue(
+        deadline = self._deadline(context)
+        await self._abort_if_draining(context, deadline)
+        inflight: asyncio.Queue[asyncio.Task[_Outcome] | None] = asyncio.Queue(
             maxsize=self._config.max_stream_inflight
         )
-        deadline = _deadline(context)
         reader = asyncio.get_running_loop().create_task(
             self._read_stream(request_iterator, inflight, deadline)
         )
         self._stream_readers.add(reader)
         reader.add_done_callback(self._stream_readers.discard)
+        unsent: _Outcome | None = None
         try:
             while (task := await inflight.get()) is not None:
-                yield await task
+                unsent = await task
+                yield unsent.response  # resumes only once the response was handed to the transport
+                self._count_stream(unsent)
+                unsent = None
         finally:
+            if unsent is not None:  # the caller went away before it could get this one
+                self._count_stream(_Outcome(unsent.response, self._gone_code(deadline), unsent.started))
             reader.cancel()
             while not inflight.empty():
                 if (task := inflight.get_nowait()) is not None:
                     task.cancel()
-        await self._abort_if_draining(context)
+        await self._abort_if_draining(context, deadline)
         if not reader.cancelled() and (exc := reader.exception()) is not None:
             raise exc
 
@@ -152,15 +199,22 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         request: pb.GetModelInfoRequest | None,
         context: grpc.aio.ServicerContext[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
-        started = time.monotonic()
+        started = self.clock()
 
         async def info() -> pb.ModelInfo:
             if request is None:
                 raise InvalidInputError("request: not a valid GetModelInfoRequest")
             return self._model_info
 
-        response = await self._answer("GetModelInfo", info, context, translate.request_id_of(None), started)
-        self._metrics.observe_request("GetModelInfo", "OK", time.monotonic() - started)
+        response = await self._answer(
+            "GetModelInfo",
+            info,
+            context,
+            translate.request_id_of(None),
+            started,
+            deadline=self._deadline(context),
+        )
+        self._metrics.observe_request("GetModelInfo", "OK", self.clock() - started)
         return response
 
     async def Explain(  # noqa: N802 (gRPC method name)
@@ -169,19 +223,41 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         context: grpc.aio.ServicerContext[pb.ExplainRequest, pb.ExplainResponse],
     ) -> pb.ExplainResponse:
         """Token attribution (embedder/explain/): off the event loop, outside the scheduler."""
-        started = time.monotonic()
+        started = self.clock()
         request_id = translate.request_id_of(request)
-        work = partial(self._explain, request, request_id, started, _deadline(context))
-        response = await self._answer("Explain", work, context, request_id, started)
-        self._metrics.observe_request("Explain", "OK", time.monotonic() - started)
+        deadline = self._deadline(context)
+        work = partial(self._explain, request, request_id, started, deadline)
+        response = await self._answer("Explain", work, context, request_id, started, deadline=deadline)
+        self._metrics.observe_request("Explain", "OK", self.clock() - started)
         return response
 
     # -- internals ------------------------------------------------------------------------------------
 
-    async def _abort_if_draining(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _abort_if_draining(
+        self, context: grpc.aio.ServicerContext[Any, Any], deadline: float | None
+    ) -> None:
         if not self._gate.is_open:
+            await self._until_released(deadline)
             code, message = status_for(ShuttingDownError(_RECONNECT), "")
             await context.abort(code, message)
+
+    async def _until_released(self, deadline: float | None) -> None:
+        """Wait while refusals are held (`hold_refusals`), but not into the caller's deadline."""
+        released = self._released
+        if released is None or released.is_set():
+            return
+        budget = None if deadline is None else deadline - self.clock() - _REFUSAL_MARGIN_S
+        if budget is not None and budget <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(budget):
+                await released.wait()
+
+    def _gone_code(self, deadline: float | None) -> str:
+        """How to count a call that ended without its answer: its deadline passed, or it cancelled.
+        gRPC's deadline timer runs on its own clock and may fire a little before ours says it is time."""
+        late = deadline is not None and self.clock() >= deadline - _DEADLINE_SLACK_S
+        return "DEADLINE_EXCEEDED" if late else "CANCELLED"
 
     async def _answer(
         self,
@@ -190,19 +266,27 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         context: grpc.aio.ServicerContext[Any, Any],
         request_id: str,
         started: float,
+        *,
+        deadline: float | None,
     ) -> R:
-        """`work()`'s response for a unary call, once the gate lets it in. A failure is counted under its
-        status code and ends the call with that status and a message naming the request id; a
-        cancellation counts as CANCELLED."""
+        """`work()`'s response for a unary call, once the gate lets it in, if it is ready before the
+        deadline. A failure is counted under its status code and ends the call with that status and a
+        message naming the request id; a cancellation counts as CANCELLED, or DEADLINE_EXCEEDED if the
+        deadline is why gRPC cancelled it."""
         try:
             self._gate.check()
-            return await work()
+            response = await work()
+            if self._late(deadline):  # gRPC may not have cancelled us yet: the caller has given up
+                raise DeadlineExceededError(_LATE)
+            return response
         except asyncio.CancelledError:
-            self._metrics.observe_request(method, "CANCELLED", time.monotonic() - started)
+            self._metrics.observe_request(method, self._gone_code(deadline), self.clock() - started)
             raise
         except Exception as exc:
+            if isinstance(exc, ShuttingDownError):
+                await self._until_released(deadline)
             code, message = status_for(exc, request_id)
-            self._metrics.observe_request(method, code.name, time.monotonic() - started)
+            self._metrics.observe_request(method, code.name, self.clock() - started)
             await context.abort(code, message)
 
     async def _explain(
@@ -227,7 +311,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     async def _read_stream(
         self,
         requests: AsyncIterator[pb.EmbedRequest | None],
-        inflight: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None],
+        inflight: asyncio.Queue[asyncio.Task[_Outcome] | None],
         deadline: float | None,
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -248,28 +332,32 @@ class EmbedderService(pb_grpc.EmbedderServicer):
                 except asyncio.QueueFull:
                     await asyncio.sleep(0.001)
 
-    async def _stream_message(
-        self, request: pb.EmbedRequest | None, deadline: float | None
-    ) -> pb.EmbedResponse:
-        """One stream message; failures become the message's `error` field, and the stream goes on."""
-        started = time.monotonic()
+    async def _stream_message(self, request: pb.EmbedRequest | None, deadline: float | None) -> _Outcome:
+        """One stream message; failures become the message's `error` field, and the stream goes on.
+        Counted by `EmbedStream` once sent (or here, if the caller left before it was ready)."""
+        started = self.clock()
         request_id = translate.request_id_of(request)
         try:
             response = await self._embed(request, request_id, started, deadline)
+            if self._late(deadline):
+                raise DeadlineExceededError(_LATE)
         except asyncio.CancelledError:  # the caller cancelled the stream or its deadline passed
-            self._metrics.observe_request("EmbedStream", "CANCELLED", time.monotonic() - started)
+            self._metrics.observe_request("EmbedStream", self._gone_code(deadline), self.clock() - started)
             raise
         except Exception as exc:
             code, message = status_for(exc, request_id)
-            self._metrics.observe_request("EmbedStream", code.name, time.monotonic() - started)
-            return pb.EmbedResponse(
-                request_id=request_id, error=pb.Error(code=code.value[0], message=message)
-            )
-        self._observe_ok("EmbedStream", response, started)
-        return response
+            error = pb.Error(code=code.value[0], message=message)
+            return _Outcome(pb.EmbedResponse(request_id=request_id, error=error), code.name, started)
+        return _Outcome(response, "OK", started)
+
+    def _count_stream(self, outcome: _Outcome) -> None:
+        if outcome.code == "OK":
+            self._observe_ok("EmbedStream", outcome.response, outcome.started)
+        else:
+            self._metrics.observe_request("EmbedStream", outcome.code, self.clock() - outcome.started)
 
     def _observe_ok(self, method: str, response: pb.EmbedResponse, started: float) -> None:
         self._metrics.observe_request(
-            method, "OK", time.monotonic() - started, items=response.count, tokens=response.total_tokens
+            method, "OK", self.clock() - started, items=response.count, tokens=response.total_tokens
         )
         self._metrics.queue_wait.observe(response.timing.queue_us / 1e6)

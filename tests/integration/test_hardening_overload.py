@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import psutil
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from embedder.core.bundle import Bundle
 from embedder.v1 import embedder_pb2 as pb
@@ -23,6 +24,7 @@ from tests.hardening import (
     Faults,
     FaultServer,
     code_of,
+    health_status,
     percentile,
     sample,
     server_process,
@@ -200,3 +202,36 @@ def test_500_callers_short(bundle: Bundle) -> None:
 @pytest.mark.slow
 def test_500_callers_30s(bundle: Bundle) -> None:
     run_crowd(bundle, 500, 30.0)
+
+
+def test_anonymous_watch_streams_cannot_starve_keyed_calls_or_health(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """Issue 14, defect 1: idle health Watch streams (no API key needed) filled gRPC's global
+    `max_concurrent_rpcs`, after which keyed Embed calls and health Check got RESOURCE_EXHAUSTED, and none
+    of it was counted. Watch streams now have their own bound; the rest keeps its capacity."""
+    srv = start_server(max_concurrent_rpcs=16, max_health_watch_streams=8, api_keys="the-key")
+    keyed = [("authorization", "Bearer the-key")]
+    watchers, refused_watches = [], 0
+    with grpc.insecure_channel(srv.address) as anonymous, grpc.insecure_channel(srv.address) as ch:
+        health = health_pb2_grpc.HealthStub(anonymous)
+        for _ in range(24):  # more than max_concurrent_rpcs: the landed server refused everything after
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+            try:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+                watchers.append(watch)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+                assert "open health Watch streams (limit 8)" in exc.details()  # type: ignore[attr-defined]
+                refused_watches += 1
+        assert (len(watchers), refused_watches) == (8, 16)
+        stub = pb_grpc.EmbedderStub(ch)
+        for _ in range(20):  # keyed calls keep their capacity, health its answer
+            assert stub.Embed(pb.EmbedRequest(texts=["keyed"]), timeout=10, metadata=keyed).count == 1
+            assert health_status(ch) == "SERVING"
+        requests = "streamrec_embedder_requests_total"
+        assert sample(srv.metrics_url, requests, method="Watch", code="RESOURCE_EXHAUSTED") == 16
+        assert sample(srv.metrics_url, "streamrec_embedder_open_calls", lane="watch") == 8
+        for watch in watchers:
+            watch.cancel()
+        wait_until(lambda: sample(srv.metrics_url, "streamrec_embedder_open_calls", lane="watch") == 0)
