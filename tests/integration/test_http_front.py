@@ -236,3 +236,15 @@ def test_https_with_the_grpc_certificate_and_mtls(
         pytest.raises(openai.APIConnectionError),
     ):
         c.embeddings.create(model=bundle.manifest.name, input=["no client certificate"])
+
+
+def test_the_embedding_cache_serves_both_fronts(
+    start_server: Callable[..., ServerThread], bundle: Bundle
+) -> None:
+    srv = start_server(http_port=0, http_host="127.0.0.1", embedding_cache_mb=4.0)
+    texts = ["cached once over gRPC", "and again"]
+    from_grpc = grpc_vectors(srv, texts)
+    status, body = call(srv, "/v1/embeddings", {"model": bundle.manifest.name, "input": texts})
+    assert status == 200
+    assert np.abs(np.array([d["embedding"] for d in body["data"]]) - from_grpc).max() <= SAME
+    assert sample(srv.metrics_url, "streamrec_embedder_cache_hits_total") >= len(texts)
