@@ -2,9 +2,11 @@
 
 Routes: `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{id}` (OpenAI's shapes, API key needed
 when keys are configured), `GET /healthz` (liveness: the process answers) and `GET /readyz` (readiness:
-200 while serving, 503 while draining or after inference became untrustworthy). The work runs on the
-same `EmbeddingEngine` as gRPC calls, so both fronts share the batcher, the limits and the queue bound.
-Errors are mapped in `status.py`; requests are counted in `requests_total{method="http.<route>"}`.
+200 while serving, 503 while draining or after inference became untrustworthy). A request's `model`
+means what gRPC's does (the registry: `name`, `name@version`, or "" for the default), and the work runs
+on that version's `EmbeddingEngine` under a lease, so both fronts share the batcher, the limits, the
+queue bound, the cache and rollouts. Errors are mapped in `status.py`; requests are counted in
+`requests_total{method="http.<route>", model}`.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from embedder.config import ServerConfig
+from embedder.core.bundle import Manifest
 from embedder.core.engine import EmbeddingEngine
 from embedder.core.gate import ServingGate
+from embedder.core.registry import ModelRegistry
 from embedder.errors import ConfigError, InvalidInputError, UnauthenticatedError
 from embedder.http import openai
-from embedder.http.status import BodyTooLargeError, ModelNotServedError, error_for
-from embedder.metrics import Metrics
+from embedder.http.status import BodyTooLargeError, error_for
+from embedder.metrics import NO_MODEL, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,20 @@ _OPEN_PATHS = ("/healthz", "/readyz")
 MAX_BODY = web.AppKey("max_body", int)
 # Responses with more values than this are serialised in a thread (a few ms of json.dumps on the loop).
 _INLINE_JSON_VALUES = 16_384
+
+
+class Served(Protocol):
+    """What the HTTP front needs of a loaded version (the gRPC front's `ServedModel` has it)."""
+
+    @property
+    def engine(self) -> EmbeddingEngine: ...
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -52,52 +70,57 @@ class HttpFront:
 
 
 class EmbeddingsApi:
-    """The route handlers over one engine."""
+    """The route handlers over the server's model registry."""
 
     def __init__(
         self,
-        engine: EmbeddingEngine,
+        registry: ModelRegistry[Any],
         metrics: Metrics,
         gate: ServingGate,
         ready: Callable[[], bool],
         created: int,
     ) -> None:
-        self._engine = engine
+        self._registry = registry
         self._metrics = metrics
         self._gate = gate
         self._ready = ready
         self._created = created
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        started, request_id = time.monotonic(), secrets.token_hex(8)
+        started, request_id, model = time.monotonic(), secrets.token_hex(8), NO_MODEL
         try:
             self._gate.check()
             parsed = openai.parse_request(await _json(request))
-            self._check_model(parsed.model)
-            result = await self._engine.embed(parsed.texts, parsed.options, None)
+            with self._registry.lease(parsed.model) as lease:
+                model = lease.entry.key
+                served: Served = lease.model
+                result = await served.engine.embed(parsed.texts, parsed.options, None)
         except Exception as exc:
-            return self._error("http.embeddings", exc, request_id, started)
-        body = openai.response_body(result, self._engine.manifest.name, parsed.encoding_format)
+            return self._error("http.embeddings", exc, request_id, started, model)
+        body = openai.response_body(result, model, parsed.encoding_format)
         # Writing thousands of floats as JSON takes milliseconds: off the loop, which gRPC calls share.
         big = result.embeddings.size > _INLINE_JSON_VALUES
         text = await asyncio.to_thread(json.dumps, body) if big else json.dumps(body)
-        tokens = body["usage"]["total_tokens"]
-        items = len(parsed.texts)
-        self._metrics.observe_request("http.embeddings", "OK", time.monotonic() - started, items, tokens)
+        tokens, items = body["usage"]["total_tokens"], len(parsed.texts)
+        elapsed = time.monotonic() - started
+        self._metrics.observe_request("http.embeddings", "OK", elapsed, items, tokens, model=model)
         return web.Response(text=text, content_type="application/json", headers={"x-request-id": request_id})
 
     async def models(self, request: web.Request) -> web.Response:
+        """Each loaded version as `name@version`, and each name (its default version) as `name`."""
+        entries = self._registry.entries()
+        ids = sorted({e.name for e in entries}) + [e.key for e in entries]
         self._metrics.observe_request("http.models", "OK", 0.0)
-        return web.json_response({"object": "list", "data": [self._model()]})
+        return web.json_response({"object": "list", "data": [self._model(i) for i in ids]})
 
     async def model(self, request: web.Request) -> web.Response:
-        started = time.monotonic()
+        started, spec = time.monotonic(), request.match_info["model"]
         try:
-            self._check_model(request.match_info["model"])
-        except ModelNotServedError as exc:
-            return self._error("http.models", exc, "", started)
-        self._metrics.observe_request("http.models", "OK", time.monotonic() - started)
-        return web.json_response(self._model())
+            key = self._registry.resolve(spec).key
+        except Exception as exc:
+            return self._error("http.models", exc, "", started, NO_MODEL)
+        self._metrics.observe_request("http.models", "OK", time.monotonic() - started, model=key)
+        return web.json_response(self._model(spec))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -106,21 +129,16 @@ class EmbeddingsApi:
         ready = self._gate.is_open and self._ready()
         return web.json_response({"status": "ready" if ready else "not ready"}, status=200 if ready else 503)
 
-    def _model(self) -> dict[str, Any]:
-        m = self._engine.manifest
-        return {"id": m.name, "object": "model", "created": self._created, "owned_by": "streamrec-embedder"}
+    def _model(self, model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": self._created, "owned_by": "streamrec-embedder"}
 
-    def _check_model(self, model: str) -> None:
-        """ "" or the served model's name (or name@version) is fine; anything else is 404."""
-        m = self._engine.manifest
-        if model not in ("", m.name, f"{m.name}@{m.version}"):
-            raise ModelNotServedError(f"model: {model!r} is not served here; this server serves {m.name!r}")
-
-    def _error(self, method: str, exc: Exception, request_id: str, started: float) -> web.Response:
+    def _error(
+        self, method: str, exc: Exception, request_id: str, started: float, model: str
+    ) -> web.Response:
         if isinstance(exc, InvalidInputError):
             exc = openai.in_openai_terms(exc)
         mapped, body = error_for(exc, request_id)
-        self._metrics.observe_request(method, mapped.grpc_code, time.monotonic() - started)
+        self._metrics.observe_request(method, mapped.grpc_code, time.monotonic() - started, model=model)
         headers = {"x-request-id": request_id} if request_id else {}
         return web.json_response(body, status=mapped.status, headers=headers)
 
@@ -191,7 +209,7 @@ def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
 
 async def start_http_front(
     config: ServerConfig,
-    engine: EmbeddingEngine,
+    registry: ModelRegistry[Any],
     metrics: Metrics,
     gate: ServingGate,
     *,
@@ -199,7 +217,7 @@ async def start_http_front(
     authorized: KeyCheck | None,
 ) -> HttpFront:
     """Bind `http_host:http_port` (port 0 = any free port) and serve; raises `ConfigError` if it cannot."""
-    api = EmbeddingsApi(engine, metrics, gate, ready, created=int(time.time()))
+    api = EmbeddingsApi(registry, metrics, gate, ready, created=int(time.time()))
     app = build_app(api, config, authorized, metrics)
     # Requests still running at shutdown get the drain's grace period to finish.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.grace_period_s)

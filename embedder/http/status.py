@@ -16,6 +16,8 @@ from typing import Any
 from embedder.errors import (
     DeadlineExceededError,
     InvalidInputError,
+    ModelNotFoundError,
+    ModelRemovedError,
     NotSupportedError,
     OverloadedError,
     ShuttingDownError,
@@ -23,10 +25,6 @@ from embedder.errors import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class ModelNotServedError(Exception):
-    """The request's `model` is not the served model (404, OpenAI's `model_not_found`)."""
 
 
 class BodyTooLargeError(Exception):
@@ -45,7 +43,10 @@ _MAP: tuple[tuple[type[Exception], HttpError], ...] = (
     (InvalidInputError, HttpError(400, "invalid_request_error", None, "INVALID_ARGUMENT")),
     (NotSupportedError, HttpError(400, "invalid_request_error", "not_supported", "UNIMPLEMENTED")),
     (UnauthenticatedError, HttpError(401, "invalid_request_error", "invalid_api_key", "UNAUTHENTICATED")),
-    (ModelNotServedError, HttpError(404, "invalid_request_error", "model_not_found", "NOT_FOUND")),
+    (ModelNotFoundError, HttpError(404, "invalid_request_error", "model_not_found", "NOT_FOUND")),
+    # A pinned version removed by a rollout: still "not found" to an OpenAI client; the message says
+    # which versions remain (gRPC: FAILED_PRECONDITION).
+    (ModelRemovedError, HttpError(404, "invalid_request_error", "model_not_found", "FAILED_PRECONDITION")),
     (BodyTooLargeError, HttpError(413, "invalid_request_error", "request_too_large", "RESOURCE_EXHAUSTED")),
     (OverloadedError, HttpError(429, "rate_limit_exceeded", "rate_limit_exceeded", "RESOURCE_EXHAUSTED")),
     (ShuttingDownError, HttpError(503, "server_error", "unavailable", "UNAVAILABLE")),

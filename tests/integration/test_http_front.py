@@ -22,9 +22,10 @@ import pytest
 from embedder.channel import ChannelSecurity
 from embedder.client import ClientOptions, EmbedderClient
 from embedder.core.bundle import Bundle
+from embedder.core.engine import EmbeddingEngine
 from tests.certs import CertificateAuthority
 from tests.hardening import Faults, FaultServer, sample, wait_until
-from tests.support import ServerThread, make_config, sample_texts
+from tests.support import ServerThread, embed_reference, make_config, sample_texts
 
 SAME = 1e-6
 TEXTS = [*sample_texts(10, seed=3), "héllo wörld", "数据"]
@@ -75,7 +76,7 @@ def test_openai_client_gets_what_grpc_serves(
     http_server: ServerThread, client: openai.OpenAI, bundle: Bundle, encoding_format: str
 ) -> None:
     resp = client.embeddings.create(model=bundle.manifest.name, input=TEXTS, encoding_format=encoding_format)
-    assert resp.model == bundle.manifest.name
+    assert resp.model == f"{bundle.manifest.name}@{bundle.manifest.version}"  # the version that answered
     assert [d.index for d in resp.data] == list(range(len(TEXTS)))
     if encoding_format == "float":
         got = np.array([d.embedding for d in resp.data], dtype=np.float32)
@@ -95,8 +96,10 @@ def test_one_string_and_dimensions(http_server: ServerThread, client: openai.Ope
 
 
 def test_models_and_probes(http_server: ServerThread, client: openai.OpenAI, bundle: Bundle) -> None:
-    assert [m.id for m in client.models.list()] == [bundle.manifest.name]
-    assert client.models.retrieve(bundle.manifest.name).owned_by == "streamrec-embedder"
+    m = bundle.manifest
+    assert [model.id for model in client.models.list()] == [m.name, f"{m.name}@{m.version}"]
+    assert client.models.retrieve(m.name).owned_by == "streamrec-embedder"
+    assert client.models.retrieve(f"{m.name}@{m.version}").id == f"{m.name}@{m.version}"
     assert call(http_server, "/healthz")[0] == 200
     assert call(http_server, "/readyz") == (200, {"status": "ready"})
 
@@ -248,3 +251,27 @@ def test_the_embedding_cache_serves_both_fronts(
     assert status == 200
     assert np.abs(np.array([d["embedding"] for d in body["data"]]) - from_grpc).max() <= SAME
     assert sample(srv.metrics_url, "streamrec_embedder_cache_hits_total") >= len(texts)
+
+
+def test_model_selects_the_version_as_grpc_does(
+    start_server: Callable[..., ServerThread],
+    bundle: Bundle,
+    bundle_v2: Bundle,
+    reference: EmbeddingEngine,
+    reference_v2: EmbeddingEngine,
+) -> None:
+    srv = start_server([bundle, bundle_v2], http_port=0, http_host="127.0.0.1")
+    name = bundle.manifest.name
+    texts = ["a red guitar on stage", "space documentary about black holes"]
+    v1, v2 = embed_reference(reference, texts), embed_reference(reference_v2, texts)
+    assert np.abs(v1 - v2).max() > 0.1  # two spaces: a vector from the wrong version cannot pass
+    for spec, want, expected in (
+        ("", bundle_v2, v2),  # the default model at its highest version
+        (name, bundle_v2, v2),
+        (f"{name}@{bundle.manifest.version}", bundle, v1),  # pinned
+    ):
+        status, body = call(srv, "/v1/embeddings", {"model": spec, "input": texts})
+        assert status == 200 and body["model"] == f"{name}@{want.manifest.version}", (spec, body)
+        np.testing.assert_allclose(np.array([d["embedding"] for d in body["data"]]), expected, atol=1e-5)
+    error = _error(call(srv, "/v1/embeddings", {"model": f"{name}@9.9.9", "input": "x"}), 404)
+    assert "9.9.9" in error["message"] and error["code"] == "model_not_found"
