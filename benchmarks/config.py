@@ -21,6 +21,10 @@ class SuiteConfig:
     rounds: int = 3
     request_texts: int = 32
     input_texts: int = 4096
+    # The texts every throughput figure is measured on: a set of benchmarks.inputs.INPUT_SETS, or a
+    # user's file (JSONL or TXT) when `texts_file` is set. Teacher agreement always uses `heldout`.
+    input_set: str = "items"
+    texts_file: str = ""
     # (a) model only: batch x tokens grid, `cell_seconds` per cell.
     grid_batches: tuple[int, ...] = (1, 16, 64)
     grid_seq_lens: tuple[int, ...] = (16, 32, 64, 128)

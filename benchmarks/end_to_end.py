@@ -139,14 +139,20 @@ def quality(
     cfg: SuiteConfig, models: Sequence[ModelSpec], servers: dict[str, ServerProcess], bar: Any
 ) -> dict[str, dict[str, Any]]:
     """STS-B dev and teacher agreement of every model, all embeddings fetched from its server."""
-    qin = QualityInputs.load(load_inputs(cfg.agreement_texts).texts, cfg.sts_pairs)
+    # Agreement on the corpus's held-out split, whatever the throughput set: comparable with training's eval.
+    agreement = load_inputs(cfg.agreement_texts, input_set="heldout")
+    qin = QualityInputs.load(agreement.texts, cfg.sts_pairs)
     served: dict[str, Served] = {}
     for m in models:
         bar.set_description(f"quality over gRPC {m.key}")
         served[m.key] = embed_over_grpc(servers[m.key].address, qin)
         bar.update()
     teacher = served.get(TEACHER)
-    sizes = {"sts_pairs": len(qin.sts.scores), "agreement_texts": len(qin.texts)}
+    sizes = {
+        "sts_pairs": len(qin.sts.scores),
+        "agreement_texts": len(qin.texts),
+        "agreement_set": agreement.name,
+    }
     return {m.key: {**scores(served[m.key], qin, teacher), **sizes} for m in models}
 
 

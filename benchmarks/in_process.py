@@ -17,10 +17,37 @@ from embedder.core.bundle import load_bundle
 from embedder.core.engine import EmbeddingEngine, EmbedOptions
 
 
-def make_engine(bundle_dir: Path) -> EmbeddingEngine:
+class PaddingTally:
+    """The scheduler's `BatchObserver`, keeping only what the padding efficiency needs."""
+
+    def __init__(self) -> None:
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None:
+        self.real_tokens += real_tokens
+        self.padded_tokens += padded_tokens
+
+    def set_queued_items(self, items: int) -> None:
+        pass
+
+    def observe_dropped(self, items: int, reason: str) -> None:
+        pass
+
+    def observe_failed_batch(self, items: int, reason: str) -> None:
+        pass
+
+    def take(self) -> float | None:
+        """Real / padded tokens of the batches since the last call (None if none ran)."""
+        eff = self.real_tokens / self.padded_tokens if self.padded_tokens else None
+        self.real_tokens = self.padded_tokens = 0
+        return eff
+
+
+def make_engine(bundle_dir: Path, observer: PaddingTally | None = None) -> EmbeddingEngine:
     """An engine with the server's defaults (environment ignored, as for the server subprocesses)."""
     config = load_config({"bundle": str(bundle_dir)}, env={})
-    return EmbeddingEngine(load_bundle(bundle_dir), config)
+    return EmbeddingEngine(load_bundle(bundle_dir), config, observer)
 
 
 async def closed_loop_engine(

@@ -1,14 +1,25 @@
-"""Benchmark inputs: real item texts, their token-length distribution, and fixed-length token batches.
+"""Benchmark inputs: named text sets, their token-length distribution, and fixed-length token batches.
 
-Item texts come from the held-out split of the training corpus (never seen in training). A clean CI
-checkout has no corpus, so the benchmark then falls back to STS-B dev sentences and says so in the report.
+Sets (`--inputs`, or `--texts FILE` for a user's own catalogue):
+- `items` (default): what the ranking pipeline sends, catalogue items of 20-40 words, built at run time
+  from the registry data installed on this machine: each Debian package with a long description as
+  "Synopsis. First paragraph of the description." (apt's Translation-en lists; the readers are the
+  training corpus's own, `training.corpus_natural`). Only items in the held-out split of the training
+  corpus's hash rule are kept (`training.corpus.is_heldout`, seed and fraction of the default training
+  config), so no benchmarked text is a training text; their paragraphs alone may be.
+- `heldout`: the held-out split of the built training corpus (`.cache/corpus/cnn5m/heldout.jsonl`):
+  shorter texts, mostly glosses and description paragraphs.
+- a file: JSONL (`text`, or `title` + `description`) or TXT (one text per line).
+A missing set falls back (items -> heldout -> STS-B dev sentences) and `Inputs.note` says so: every
+figure of a run names the set it was measured on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +28,16 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
+from training.corpus_readers import SourceMissingError, read_user_file
 from training.evaluate import load_sts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = REPO_ROOT / ".cache" / "corpus" / "cnn5m" / "heldout.jsonl"
+# The split rule's seed and fraction come from the config that trains the default model.
+CORPUS_CONFIG = REPO_ROOT / "training" / "configs" / "cnn5m.toml"
+APT_LISTS = Path("/var/lib/apt/lists")
+INPUT_SETS = ("items", "heldout")
+ITEM_WORDS = (20, 40)
 # Buckets of the token-length table (tokens incl. [CLS]/[SEP]); the last one is cut to max_tokens.
 LENGTH_BUCKETS = ((1, 16), (17, 32), (33, 64), (65, 128), (129, 10**9))
 
@@ -29,30 +46,95 @@ IntArray = npt.NDArray[np.int64]
 
 @dataclass(frozen=True)
 class Inputs:
-    """Item texts in a fixed random order; `source` names where they came from."""
+    """Texts in a fixed random order; `name` is the set they are (after any fallback)."""
 
     texts: list[str]
+    name: str
     source: str
     note: str
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "note": self.note, "count": len(self.texts)}
+        digest = hashlib.sha256("\n".join(self.texts).encode("utf-8")).hexdigest()[:16]
+        return {
+            "set": self.name,
+            "source": self.source,
+            "note": self.note,
+            "count": len(self.texts),
+            "texts_sha256": digest,
+        }
+
+    def label(self) -> str:
+        """One line for a report: set, count and source."""
+        return f"set `{self.name}`: {len(self.texts)} texts, {self.source}"
 
 
-def load_inputs(n: int, seed: int = 0, heldout: Path = HELDOUT) -> Inputs:
-    """Up to `n` distinct texts, shuffled with `seed`: held-out corpus texts, else STS-B dev sentences."""
+def load_inputs(
+    n: int,
+    seed: int = 0,
+    *,
+    input_set: str = "items",
+    texts_file: Path | None = None,
+    heldout: Path = HELDOUT,
+    apt_lists: Path = APT_LISTS,
+) -> Inputs:
+    """Up to `n` distinct texts of a set (or of `texts_file`), shuffled with `seed`."""
+    if texts_file is not None:
+        return Inputs(_sample(read_user_file(texts_file), n, seed), "file", str(texts_file), "your catalogue")
+    if input_set not in INPUT_SETS:
+        raise ValueError(f"input set {input_set!r}: must be one of {list(INPUT_SETS)} or --texts FILE")
+    fallback = ""
+    if input_set == "items":
+        try:
+            return Inputs(_sample(item_texts(apt_lists), n, seed), "items", ITEMS_SOURCE, ITEMS_NOTE)
+        except SourceMissingError as exc:
+            fallback = f"fallback from set items ({exc}); "
     if heldout.is_file():
         with heldout.open(encoding="utf-8") as fh:
             texts = [json.loads(line)["text"] for line in fh if line.strip()]
-        source, note = str(heldout.relative_to(REPO_ROOT)), "held-out split of the training corpus"
-    else:
-        pairs = load_sts("dev")
-        texts = list(dict.fromkeys(pairs.left + pairs.right))
-        source = "STS-B dev sentences"
-        note = f"fallback: {heldout.relative_to(REPO_ROOT)} not built (CI); STS-B dev is not in training"
-    texts = list(dict.fromkeys(t for t in texts if t.strip()))
-    random.Random(seed).shuffle(texts)
-    return Inputs(texts[:n], source, note)
+        source = _shown(heldout)
+        return Inputs(_sample(texts, n, seed), "heldout", source, fallback + "held-out split of the corpus")
+    pairs = load_sts("dev")
+    note = fallback + f"{_shown(heldout)} not built (CI); STS-B dev is not in training"
+    return Inputs(_sample(pairs.left + pairs.right, n, seed), "stsb-dev", "STS-B dev sentences", note)
+
+
+ITEMS_SOURCE = "Debian packages: synopsis + first description paragraph, 20-40 words (apt Translation-en)"
+ITEMS_NOTE = "catalogue-like items, held out from training by the corpus split rule"
+
+
+def _shown(path: Path) -> str:
+    """A path as a report prints it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def _sample(texts: Iterable[str], n: int, seed: int) -> list[str]:
+    """The first `n` distinct non-blank texts after a `seed`-ed shuffle."""
+    unique = list(dict.fromkeys(t for t in texts if t.strip()))
+    random.Random(seed).shuffle(unique)
+    return unique[:n]
+
+
+def item_texts(apt_lists: Path = APT_LISTS, *, heldout_only: bool = True) -> list[str]:
+    """Debian items of 20-40 words, by default only the held-out ones (SourceMissingError without
+    apt's lists). All of them (~30,000) serve measurements of speed alone (the cache benchmark)."""
+    from training.corpus import is_heldout, load_corpus_config, text_digest
+    from training.corpus_natural import debian_item_pairs, item_text
+
+    corpus = load_corpus_config(CORPUS_CONFIG)
+    lo, hi = ITEM_WORDS
+    out: list[str] = []
+    seen: set[str] = set()
+    for synopsis, description in debian_item_pairs(apt_lists):
+        text = item_text(synopsis, description)
+        folded = text.casefold()
+        if not lo <= len(text.split()) <= hi or folded in seen:
+            continue
+        seen.add(folded)
+        if not heldout_only or is_heldout(text_digest(text, corpus.seed), corpus.heldout_fraction):
+            out.append(text)
+    if not out:
+        raise SourceMissingError(f"no held-out Debian items of {lo}-{hi} words in {apt_lists}")
+    return out
 
 
 def requests_of(texts: Sequence[str], size: int) -> list[list[str]]:

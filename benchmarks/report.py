@@ -57,6 +57,18 @@ def label(results: dict[str, Any], key: str) -> str:
     return f"{key}: {results['models'][key]['label']}"
 
 
+def _set_prefix(r: dict[str, Any]) -> str:
+    """ "set `items`, " for runs that name their input set (runs before named sets print as they did)."""
+    name = r["inputs"].get("set")
+    return f"set `{name}`, " if name else ""
+
+
+def _on_set(r: dict[str, Any]) -> str:
+    """ " Texts: set `items` (1,561 texts)." where the run names its set; "" for older runs."""
+    name = r["inputs"].get("set")
+    return f" Texts: set `{name}` ({r['inputs']['count']:,} texts)." if name else ""
+
+
 def _facts(r: dict[str, Any]) -> list[str]:
     env, cfg = r["environment"], r["config"]
     git = env["git"]
@@ -70,7 +82,8 @@ def _facts(r: dict[str, Any]) -> list[str]:
         f"{r['load_avg_at_end'][0]:.2f} at end; nice {env['nice']}",
         f"- commit {git['commit'][:12]}{' (dirty tree)' if git['dirty'] else ''}; "
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v != "not installed"),
-        f"- inputs: {r['inputs']['count']} texts from {r['inputs']['source']} ({r['inputs']['note']}); "
+        f"- inputs: {_set_prefix(r)}{r['inputs']['count']} texts from {r['inputs']['source']} "
+        f"({r['inputs']['note']}); "
         f"requests of {cfg['request_texts']} texts",
         "",
     ]
@@ -105,7 +118,7 @@ def _headline(r: dict[str, Any]) -> list[str]:
     return [
         "## Headline",
         "",
-        "Medians over rounds; (b) and (c) at their best concurrency.",
+        "Medians over rounds; (b) and (c) at their best concurrency." + _on_set(r),
         "",
         *table(header, rows),
     ]
@@ -175,7 +188,10 @@ def _inputs(r: dict[str, Any]) -> list[str]:
         for k, t in lengths.items()
     ]
     header = ("tokenizer of", "mean", "p10", "p50", "p90", "p99", "max", *(f"{bk} tok" for bk in buckets))
-    intro = f"{r['inputs']['count']} texts, {r['inputs']['source']}; tokens incl. specials, untruncated."
+    inputs = r["inputs"]
+    intro = (
+        f"{_set_prefix(r)}{inputs['count']} texts, {inputs['source']}; tokens incl. specials, untruncated."
+    )
     return ["## Inputs: token-length distribution", "", intro, "", *table(header, rows)]
 
 
@@ -185,7 +201,10 @@ def _model_only(r: dict[str, Any]) -> list[str]:
     out = [
         "## (a) Model only: ONNX Runtime, items/s",
         "",
-        f"median (max) over rounds; {r['config']['workers']} single-threaded sessions, one thread each.",
+        f"median (max) over rounds; {r['config']['workers']} single-threaded sessions, one thread each; "
+        "rows are the word pieces of the input texts run on to each length." + _on_set(r)
+        if _on_set(r)
+        else f"median (max) over rounds; {r['config']['workers']} single-threaded sessions, one thread each.",
         "",
     ]
     out += table(("model", *(f"b{b}×{n}" for b, n in cells)), rows)
@@ -230,11 +249,23 @@ def _sweep(r: dict[str, Any], key: str, cpu_fields: Sequence[str]) -> list[tuple
 
 
 def _in_process(r: dict[str, Any]) -> list[str]:
-    header = ("model", "callers", "items/s", "p50 ms", "p99 ms", "CPU ms/item", "errors")
+    header: tuple[str, ...] = ("model", "callers", "items/s", "p50 ms", "p99 ms", "CPU ms/item", "errors")
+    # Runs since the padding tally name their padding efficiency (real / padded tokens); older ones don't.
+    padding = any(
+        "padding_efficiency" in x for cells in r["in_process"].values() for c in cells for x in c["runs"]
+    )
+    fields = ["cpu_ms_per_item", "padding_efficiency"] if padding else ["cpu_ms_per_item"]
+    if padding:
+        header = (*header[:-1], "padding efficiency", "errors")
+    notes = [_on_set(r).strip()] if _on_set(r) else []
+    if padding:
+        notes.append("Padding efficiency: real ÷ padded tokens of the batches the scheduler formed.")
+    intro = [" ".join(notes), ""] if notes else []
     return [
         "## (b) In-process runtime: tokenizer + batcher + ONNX",
         "",
-        *table(header, _sweep(r, "in_process", ["cpu_ms_per_item"])),
+        *intro,
+        *table(header, _sweep(r, "in_process", fields)),
     ]
 
 
@@ -253,7 +284,8 @@ def _grpc(r: dict[str, Any]) -> list[str]:
         "## (c) End-to-end gRPC, closed loop",
         "",
         f"Real server subprocesses, default config; requests of {r['config']['request_texts']} texts. The "
-        "load generator (client) runs on the same 2 cores: its CPU per item is the share (c) loses to it.",
+        "load generator (client) runs on the same 2 cores: its CPU per item is the share (c) loses to it."
+        + _on_set(r),
         "",
         *table(header, _sweep(r, "grpc_closed", ["cpu_ms_per_item", "client_cpu_ms_per_item"])),
     ]
@@ -304,7 +336,7 @@ def _grpc(r: dict[str, Any]) -> list[str]:
         *out,
         "## (c) End-to-end gRPC, open loop",
         "",
-        "Poisson arrivals at a fraction of the model's best closed-loop median; one run each.",
+        "Poisson arrivals at a fraction of the model's best closed-loop median; one run each." + _on_set(r),
         "",
         *table(header_open, rows_open),
     ]
@@ -336,7 +368,7 @@ def _serving(r: dict[str, Any]) -> list[str]:
     intro = (
         f"Server subprocesses with the default config; requests of {r['config']['request_texts']} texts; "
         "RSS sampled every 0.2 s from start through the closed-loop sweep, open loop and one-caller test; "
-        "start = spawn to health SERVING."
+        "start = spawn to health SERVING." + _on_set(r)
     )
     return ["## Serving figures", "", intro, "", *table(header, rows)]
 
@@ -358,6 +390,9 @@ def _quality(r: dict[str, Any]) -> list[str]:
     ]
     header = ("model", "STS-B dev ρ×100", "teacher agreement ρ", "10-NN overlap", "STS pairs", "texts")
     intro = "All embeddings fetched over gRPC from the servers measured above; teacher = minilm-fp32."
+    agreement_set = next((q.get("agreement_set") for q in r["quality"].values()), None)
+    if agreement_set:
+        intro += f" Teacher agreement on set `{agreement_set}` (whatever set the throughput used)."
     return ["## Quality (through gRPC)", "", intro, "", *table(header, rows)]
 
 

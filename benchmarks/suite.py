@@ -26,7 +26,7 @@ from tqdm import tqdm
 from benchmarks import environment
 from benchmarks.config import SuiteConfig, rotated
 from benchmarks.end_to_end import run_end_to_end
-from benchmarks.in_process import closed_loop_engine, make_engine
+from benchmarks.in_process import PaddingTally, closed_loop_engine, make_engine
 from benchmarks.inputs import (
     Inputs,
     fixed_length_batch,
@@ -72,7 +72,8 @@ def run_model_only(
 async def _in_process(
     cfg: SuiteConfig, models: Sequence[ModelSpec], requests: list[list[str]], bar: tqdm[Any]
 ) -> dict[str, list[dict[str, Any]]]:
-    engines = {m.key: make_engine(m.path) for m in models}
+    tallies = {m.key: PaddingTally() for m in models}
+    engines = {m.key: make_engine(m.path, tallies[m.key]) for m in models}
     out: dict[str, list[dict[str, Any]]] = {
         m.key: [{"concurrency": c, "rounds": [], "runs": []} for c in cfg.in_process_concurrency]
         for m in models
@@ -84,9 +85,12 @@ async def _in_process(
             for i, c in enumerate(cfg.in_process_concurrency):
                 for m in rotated(models, r + i):
                     bar.set_description(f"(b) in-process r{r + 1} {m.key} x{c}")
+                    tallies[m.key].take()
                     result = await closed_loop_engine(engines[m.key], requests, c, cfg.window())
                     run = result.to_dict()
                     run.pop("quantiles_ms")
+                    # Real / padded tokens of the batches the scheduler formed (warm-up included).
+                    run["padding_efficiency"] = tallies[m.key].take()
                     out[m.key][i]["rounds"].append(result.items_per_s)
                     out[m.key][i]["runs"].append(run)
                     bar.update()
@@ -144,7 +148,9 @@ def run_suite(
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     env_start = environment.describe()
-    inputs = load_inputs(cfg.input_texts)
+    inputs = load_inputs(
+        cfg.input_texts, input_set=cfg.input_set, texts_file=Path(cfg.texts_file) if cfg.texts_file else None
+    )
     requests = requests_of(inputs.texts, cfg.request_texts)
     config = {**dataclasses.asdict(cfg)}
     checkpoint = Checkpoint(run_dir / "partial.json", json.loads(json.dumps(config)), [m.key for m in models])

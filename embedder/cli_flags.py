@@ -44,6 +44,8 @@ CONFIG_HELP: dict[str, str] = {
     "(RESOURCE_EXHAUSTED; 0 = no bound).",
     "inference_timeout_s": "A batch running longer fails its callers and its worker is replaced.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
+    "embedding_cache_mb": "Megabytes of embeddings cached per server, LRU-evicted (0 = no cache).",
+    "batch_log": "Diagnostics: write every batch the server forms (token ids) to this JSONL file.",
     "tls_cert_file": "Server certificate (PEM); with --tls-key-file it turns TLS on (docs/tls.md).",
     "tls_key_file": "Server private key (PEM), with --tls-cert-file.",
     "tls_client_ca_file": "CA (PEM) that must have signed client certificates: mutual TLS.",

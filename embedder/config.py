@@ -69,6 +69,13 @@ class ServerConfig:
     # Watchdog: a batch running longer than this fails its callers (INTERNAL) and its worker is replaced.
     inference_timeout_s: float = 30.0
     log_level: str = "INFO"
+    # Embedding cache (core/cache.py): megabytes of raw model outputs kept per server, LRU-evicted, keyed
+    # by (bundle sha256, truncation, text). 0 = off (the default: docs/operations.md says why).
+    embedding_cache_mb: float = 0.0
+    # Diagnostics: write every batch the scheduler forms (its texts' token ids) to this JSONL file, for
+    # `streamrec-bench overhead` to replay on the model alone. "" = off. It holds the texts: not for
+    # production traffic.
+    batch_log: str = ""
     # TLS: PEM files; cert + key turn TLS on, a client CA additionally requires client certs (mTLS).
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -107,6 +114,7 @@ class ServerConfig:
             "max_wait_ms",
             "grace_period_s",
             "max_concurrent_rpcs",
+            "embedding_cache_mb",
             "max_health_watch_streams",
             "max_tokenizing_chars",
         )

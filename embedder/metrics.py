@@ -8,6 +8,8 @@ process (tests) without clashing on the global registry.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -18,6 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 PREFIX = "streamrec_embedder_"
@@ -35,11 +38,21 @@ METRIC_NAMES = tuple(
         "batch_items",
         "batch_tokens",
         "padding_ratio",
+        # Token-weighted padding efficiency = rate(batch_real_tokens) / rate(batch_padded_tokens).
+        "batch_real_tokens_total",
+        "batch_padded_tokens_total",
         "queue_items",
         "model_info",
         # Beyond the base set (docs/operations.md): work dropped before inference, failed batches.
         "dropped_items_total",
         "failed_batches_total",
+        # The embedding cache (docs/operations.md); zeros while it is off.
+        "cache_hits_total",
+        "cache_misses_total",
+        "cache_evictions_total",
+        "cache_bytes",
+        "cache_entries",
+        "cache_capacity_bytes",
         "open_calls",
     )
 )
@@ -48,6 +61,48 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _TOKEN_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 _RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class CacheCounts(Protocol):
+    """What the cache metrics read (embedder.core.cache.CacheStats has these fields)."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def evictions(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def entries(self) -> int: ...
+    @property
+    def capacity_bytes(self) -> int: ...
+
+
+class _CacheCollector(Collector):
+    """Reads the cache's own counters at scrape time, so a cache hit costs no metric update."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], CacheCounts | None] = lambda: None
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.read()
+        p = PREFIX + "cache_"
+        counters = (
+            ("hits", "Texts answered from the embedding cache"),
+            ("misses", "Texts looked up in the embedding cache and not found (embedded by the model)"),
+            ("evictions", "Entries evicted from the embedding cache to stay within its capacity"),
+        )
+        for name, doc in counters:
+            yield CounterMetricFamily(p + name, doc, value=getattr(stats, name) if stats else 0)
+        gauges = (
+            ("bytes", "Memory the embedding cache's entries are charged (vectors, texts, overhead)"),
+            ("entries", "Texts in the embedding cache"),
+            ("capacity_bytes", "The embedding cache's bound (embedding_cache_mb); 0 = off"),
+        )
+        for name, doc in gauges:
+            yield GaugeMetricFamily(p + name, doc, value=getattr(stats, name) if stats else 0)
 
 
 class Metrics:
@@ -92,6 +147,16 @@ class Metrics:
             buckets=_RATIO_BUCKETS,
             registry=r,
         )
+        self.batch_real_tokens = Counter(
+            p + "batch_real_tokens",
+            "Tokens of the texts run (padding excluded), over all batches",
+            registry=r,
+        )
+        self.batch_padded_tokens = Counter(
+            p + "batch_padded_tokens",
+            "Tokens run including padding (longest x texts per batch); real / padded = padding efficiency",
+            registry=r,
+        )
         self.queue_items = Gauge(p + "queue_items", "Texts waiting in the batch queue", registry=r)
         self.model_info = Gauge(
             p + "model_info", "Served model (value 1)", ["name", "version", "dim"], registry=r
@@ -108,6 +173,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self._cache = _CacheCollector()
+        r.register(self._cache)
         self.open_calls = Gauge(
             p + "open_calls",
             "Calls open now, by lane: calls (everything but health), watch (health Watch streams)",
@@ -116,6 +183,10 @@ class Metrics:
         )
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
+
+    def watch_cache(self, read: Callable[[], CacheCounts | None]) -> None:
+        """Export the embedding cache's counters: `read()` returns them at scrape time (None = off)."""
+        self._cache.read = read
 
     def set_model(self, name: str, version: str, dim: int) -> None:
         self.model_info.labels(name=name, version=version, dim=str(dim)).set(1)
@@ -134,6 +205,8 @@ class Metrics:
         self.batch_items.observe(items)
         self.batch_tokens.observe(padded_tokens)
         self.padding_ratio.observe(1.0 - real_tokens / padded_tokens if padded_tokens else 0.0)
+        self.batch_real_tokens.inc(real_tokens)
+        self.batch_padded_tokens.inc(padded_tokens)
         self.inference.observe(inference_s)
 
     def set_queued_items(self, items: int) -> None:

@@ -78,13 +78,12 @@ def debian_translation_files(apt_lists_dir: Path) -> list[Path]:
     return files
 
 
-def debian_description_texts(synopsis: str, body: list[str]) -> list[str]:
-    """The synopsis plus one text per paragraph of a long description, Debian markup stripped.
+def debian_paragraphs(body: list[str]) -> list[str]:
+    """The paragraphs of a long description, Debian markup stripped.
 
     Body lines start with one space; " ." separates paragraphs; bullet lists are joined with "; " so a
     list stays one readable text ("Features include: a; b; c").
     """
-    texts = [normalize(synopsis)]
     paragraphs: list[list[str]] = [[]]
     for raw in body:
         line = raw[1:] if raw.startswith(" ") else raw
@@ -94,7 +93,7 @@ def debian_description_texts(synopsis: str, body: list[str]) -> list[str]:
             paragraphs[-1].append("\0" + _BULLET.sub("", line))
         else:
             paragraphs[-1].append(line)
-    pending = ""
+    texts, pending = [], ""
     for lines in paragraphs:
         joined = normalize(" ".join(lines)).replace(" \0", "; ").replace("\0", "")
         joined = normalize(f"{pending} {joined}").replace(":;", ":")
@@ -106,8 +105,13 @@ def debian_description_texts(synopsis: str, body: list[str]) -> list[str]:
     return [t for t in texts if t]
 
 
-def parse_debian_descriptions(lines: Iterable[str]) -> Iterator[str]:
-    """Texts from an apt Translation (`Description-en:`) or full Packages (`Description:`) file."""
+def debian_description_texts(synopsis: str, body: list[str]) -> list[str]:
+    """The synopsis plus one text per paragraph of a long description."""
+    return [t for t in [normalize(synopsis), *debian_paragraphs(body)] if t]
+
+
+def parse_debian_packages(lines: Iterable[str]) -> Iterator[tuple[str, list[str]]]:
+    """(synopsis, paragraphs) per package of an apt Translation (`Description-en:`) or Packages file."""
     synopsis: str | None = None
     body: list[str] = []
     for raw in lines:
@@ -116,13 +120,19 @@ def parse_debian_descriptions(lines: Iterable[str]) -> Iterator[str]:
             body.append(line)
             continue
         if synopsis is not None:
-            yield from debian_description_texts(synopsis, body)
+            yield normalize(synopsis), debian_paragraphs(body)
             synopsis, body = None, []
         key, _, value = line.partition(":")
         if key in ("Description-en", "Description"):
             synopsis = value.strip()
     if synopsis is not None:
-        yield from debian_description_texts(synopsis, body)
+        yield normalize(synopsis), debian_paragraphs(body)
+
+
+def parse_debian_descriptions(lines: Iterable[str]) -> Iterator[str]:
+    """Texts from an apt Translation or Packages file: each synopsis, then each paragraph."""
+    for synopsis, paragraphs in parse_debian_packages(lines):
+        yield from (t for t in [synopsis, *paragraphs] if t)
 
 
 def read_debian(apt_lists_dir: Path) -> Iterator[str]:

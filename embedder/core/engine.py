@@ -8,6 +8,7 @@ scheduler or the event loop (CLI `embed`, bulk jobs, benchmarks, and the tests' 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from embedder.config import ServerConfig
+from embedder.core.batch_log import BatchLog
 from embedder.core.bundle import Bundle, Manifest
+from embedder.core.cache import EmbeddingCache
 from embedder.core.gate import ServingGate
 from embedder.core.inline import InlinePolicy
 from embedder.core.postprocess import postprocess
@@ -39,6 +42,8 @@ class EmbedOptions:
     normalize: bool = True
     dimensions: int = 0
     truncate: bool = True
+    # False: neither read nor fill the embedding cache (e.g. a one-off bulk pass over a catalogue).
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,12 @@ class EmbeddingEngine:
         session_factory: SessionFactory | None = None,
         on_unhealthy: Callable[[], None] | None = None,
         gate: ServingGate | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         """`session_factory` is the test seam for fault injection; `on_unhealthy` is called (from any
         thread) when inference can no longer be trusted, e.g. workers keep getting stuck; `gate` is the
-        server's drain state (default: this engine's own)."""
+        server's drain state (default: this engine's own); `cache` is an embedding cache shared with
+        other engines (default: one of `config.embedding_cache_mb`, or none)."""
         manifest = bundle.manifest
         if config.max_batch_tokens < manifest.max_tokens:
             raise ConfigError(
@@ -78,6 +85,7 @@ class EmbeddingEngine:
             bundle.tokenizer_path, manifest.max_tokens, manifest.pad_token_id
         )
         self.gate = gate or ServingGate()
+        self.cache = cache if cache is not None else EmbeddingCache.of_mb(config.embedding_cache_mb)
         self.workers = config.resolved_workers()
         self.inline = InlinePolicy(config.inline_tokenize_max_chars, config.inline_infer_max_tokens)
         self.sessions = SessionPool(
@@ -102,7 +110,11 @@ class EmbeddingEngine:
             max_concurrent_batches=self.workers,
             max_tokenizing_chars=config.max_tokenizing_chars,
         )
-        self.scheduler = Scheduler(self.sessions.embed_rows_async, limits, manifest.dim, observer)
+        self.batch_log = BatchLog(config.batch_log) if config.batch_log else None
+        record = self.batch_log.record if self.batch_log is not None else None
+        self.scheduler = Scheduler(
+            self.sessions.embed_rows_async, limits, manifest.dim, observer, record=record
+        )
 
     @property
     def manifest(self) -> Manifest:
@@ -143,22 +155,61 @@ class EmbeddingEngine:
         """
         self.gate.check()
         self.validate(texts, options)
+        cache = self.cache if options.cache else None
+        if cache is None:
+            result = await self._run(texts, options.truncate, deadline)
+        else:
+            result = await self._run_cached(cache, texts, options.truncate, deadline)
+        # Post-processing after the cache: it stores raw rows, so every option applies to a hit as to a miss.
+        embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
+        return dataclasses.replace(result, embeddings=embeddings)
+
+    async def _run(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> EmbedResult:
+        """Admit, tokenize, batch and run `texts`: raw model rows (no post-processing)."""
         started = time.monotonic()
         _check_deadline(deadline, "before its texts were tokenized")
         cost = self.tokenizer.cost_chars(texts)
         with self.scheduler.reserve(len(texts), cost) as reservation:
             if self.inline.tokenize_inline(texts):
-                encoded = self._encode_inline(texts, options.truncate)
+                encoded = self._encode_inline(texts, truncate)
             else:
                 # A cancelled caller's job is skipped by the pool; a late one is refused when it starts.
                 encoded = await asyncio.get_running_loop().run_in_executor(
-                    self._tokenize_pool, self._encode_in_time, texts, options.truncate, deadline
+                    self._tokenize_pool, self._encode_in_time, texts, truncate, deadline
                 )
             reservation.tokenized()
             tokenize_s = time.monotonic() - started
             result = await reservation.submit(encoded.ids, deadline)
-        embeddings = postprocess(result.embeddings, options.dimensions, options.normalize)
-        return EmbedResult(embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s)
+        return EmbedResult(
+            result.embeddings, encoded.token_counts, tokenize_s, result.queue_s, result.inference_s
+        )
+
+    async def _run_cached(
+        self, cache: EmbeddingCache, texts: Sequence[str], truncate: bool, deadline: float | None
+    ) -> EmbedResult:
+        """Raw rows from the cache where it has them, from the model for the rest (then cached)."""
+        sha = self.manifest.sha256
+        found = cache.get_many(sha, truncate, texts)
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if len(missing) == len(texts):  # nothing cached: the model's rows as they come, no copy
+            result = await self._run(texts, truncate, deadline)
+            cache.put_many(sha, truncate, texts, result.embeddings, result.token_counts)
+            return result
+        raw = np.empty((len(texts), self.manifest.dim), dtype=np.float32)
+        counts = [0] * len(texts)
+        result = EmbedResult(raw[:0], [], 0.0, 0.0, 0.0)
+        if missing:
+            miss_texts = [texts[i] for i in missing]
+            result = await self._run(miss_texts, truncate, deadline)
+            cache.put_many(sha, truncate, miss_texts, result.embeddings, result.token_counts)
+            raw[missing] = result.embeddings
+            for i, count in zip(missing, result.token_counts, strict=True):
+                counts[i] = count
+        for i, entry in enumerate(found):
+            if entry is not None:
+                raw[i] = entry.array()
+                counts[i] = entry.tokens
+        return EmbedResult(raw, counts, result.tokenize_s, result.queue_s, result.inference_s)
 
     def _encode_in_time(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> Encoded:
         """A tokenizer thread's job: nothing is spent on a caller whose deadline passed while it waited."""
@@ -185,6 +236,8 @@ class EmbeddingEngine:
         loop ever ran (CLI `embed`, benchmarks)."""
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
+        if self.batch_log is not None:
+            self.batch_log.close()
 
 
 def _check_deadline(deadline: float | None, when: str) -> None:

@@ -52,6 +52,8 @@ FloatArray = npt.NDArray[np.float32]
 # Embeds a batch of unpadded token rows; returns one row per input row. `lone` is True when no other
 # batch is running or queued (the engine's inline policy uses it).
 RunBatch = Callable[[list[list[int]], bool], Awaitable[FloatArray]]
+# Sees every batch's unpadded token rows just before it runs (the batch log, core/batch_log.py).
+RecordBatch = Callable[[list[list[int]]], None]
 
 
 class BatchObserver(Protocol):
@@ -140,9 +142,12 @@ class Scheduler:
         limits: BatchLimits,
         dim: int,
         observer: BatchObserver | None = None,
+        *,
         clock: Callable[[], float] = time.monotonic,
+        record: RecordBatch | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._record = record
         self.limits = limits
         self._dim = dim
         self._observer = observer
@@ -330,9 +335,12 @@ class Scheduler:
         text that breaks the model fails only its own caller, not its batch-mates (a stuck batch is
         not re-run: that would double the time its callers wait)."""
         batch_id = next(self._batch_ids)
+        rows = [item.ids for item in batch]
+        if self._record is not None:
+            self._record(rows)
         started = self._clock()
         try:
-            out = await self._run_batch([item.ids for item in batch], lone)
+            out = await self._run_batch(rows, lone)
             if out.shape[0] != len(batch):
                 raise InferenceError(f"model returned {out.shape[0]} rows for {len(batch)} texts")
         except Exception as exc:

@@ -184,6 +184,8 @@ async def create_server(
         on_unhealthy=_not_serving_callback(health_servicer),
         gate=gate,
     )
+    cache = engine.cache
+    metrics.watch_cache(cache.stats if cache is not None else lambda: None)
     try:
         # The Explain RPC's graph (explain.onnx), if the bundle has one; it never touches the scheduler.
         explainer = Explainer.for_bundle(bundle, config)

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from benchmarks.baselines import MAX_TOKENS, _static_onnx, _teacher_dir, ensure_baseline
+from benchmarks.baselines import MAX_TOKENS, _static_onnx, ensure_baseline, teacher_dir
 from embedder.config import load_config
 from embedder.core.bundle import load_bundle
 from embedder.core.engine import EmbeddingEngine
@@ -47,7 +47,7 @@ def test_minilm_bundle_equals_sentence_transformers() -> None:
 
     bundle = load_bundle(ensure_baseline("minilm-fp32"))
     texts = [*sample_texts(40, seed=5), "a", "Stranger Things: kids, a lab and a monster " * 20]
-    st = SentenceTransformer(str(_teacher_dir()), device="cpu")
+    st = SentenceTransformer(str(teacher_dir()), device="cpu")
     st.max_seq_length = MAX_TOKENS
     expected = st.encode(texts, normalize_embeddings=True, batch_size=16)
     engine = EmbeddingEngine(bundle, load_config({"bundle": str(bundle.path), "workers": 1}, env={}))

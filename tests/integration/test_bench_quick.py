@@ -96,6 +96,9 @@ def test_outputs_and_environment(run: dict[str, Any]) -> None:
     assert set(r["models"]) >= {"cnn", "minilm-fp32", "minilm-int8"}
     assert set(r["models"]) | set(r["skipped"]) == {"cnn", "minilm-fp32", "minilm-int8", "model2vec"}
     assert r["models"]["cnn"]["random_weights"] is True
+    # The default set: held-out Debian items where apt's lists are installed, else a named fallback.
+    assert r["inputs"]["set"] in {"items", "heldout", "stsb-dev"} and r["config"]["input_set"] == "items"
+    assert r["quality"]["cnn"]["agreement_set"] in {"heldout", "stsb-dev"}
     lengths = r["inputs"]["token_lengths"]["cnn"]
     assert lengths["texts"] == r["inputs"]["count"] > 0 and lengths["p10"] <= lengths["p50"] <= lengths["p90"]
     assert math.isclose(sum(lengths["buckets"].values()), 1.0, abs_tol=1e-9)
@@ -115,6 +118,9 @@ def test_every_throughput_and_latency_is_a_measurement(run: dict[str, Any]) -> N
                 for v in cell["rounds"]:
                     _positive(v, f"{mode} {key} {cell}")
                 values += cell["rounds"]
+        for cell in r["in_process"][key]:
+            for run_ in cell["runs"]:
+                assert 0 < run_["padding_efficiency"] <= 1, run_
         for cell in [*r["in_process"][key], *r["grpc_closed"][key]]:
             for run_ in cell["runs"]:
                 # min_requests replies, unless the cell ran out of time first (a very busy machine).
@@ -190,3 +196,5 @@ def test_report_prints_the_derived_figures(run: dict[str, Any]) -> None:
     for name in FIGURES:
         assert f"]({name})" in report
     assert "RANDOM weights" in report
+    assert f"Texts: set `{r['inputs']['set']}` ({r['inputs']['count']:,} texts)." in report
+    assert "Padding efficiency: real ÷ padded tokens" in report

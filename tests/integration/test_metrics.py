@@ -98,3 +98,10 @@ def test_metric_names_and_counters_match_the_calls(start_server: Callable[..., S
     assert value(families, info, info, name=m.name, version=m.version, dim=str(m.dim)) == 1
     ratio = "streamrec_embedder_padding_ratio"
     assert value(families, ratio, ratio + "_count") == value(families, batch_items, batch_items + "_count")
+    # Padding efficiency: every real token ran once (no batch was re-run), padding on top of them.
+    real, padded = (
+        "streamrec_embedder_batch_real_tokens_total",
+        "streamrec_embedder_batch_padded_tokens_total",
+    )
+    assert value(families, real, real) == token_total
+    assert value(families, padded, padded) >= token_total
