@@ -4,13 +4,15 @@
 most the server's `max_texts_per_request` (asked once via GetModelInfo), runs them concurrently over
 several server addresses in round-robin, and retries UNAVAILABLE / RESOURCE_EXHAUSTED (and a CANCELLED
 it did not ask for) with exponential backoff and full jitter, all within one overall deadline per `embed`
-call. Other errors raise `grpc.RpcError` at once. TLS, mTLS and an API key: pass
-`security=ChannelSecurity(...)` (channel.py).
+call. Other errors raise `grpc.RpcError` at once. `model="name@version"` pins a model version (vectors of
+two versions live in different spaces); `model_info().models` lists what the server has loaded. TLS, mTLS
+and an API key: pass `security=ChannelSecurity(...)` (channel.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 import threading
@@ -55,6 +57,8 @@ class ClientOptions:
     # None = ask the server (GetModelInfo) once.
     max_texts_per_request: int | None = None
     max_concurrent_requests: int = 4
+    # Which model: "name", "name@version" (pinned: vectors stay in one space), "" = the server's default.
+    model: str = ""
 
     def backoff_s(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
@@ -67,7 +71,12 @@ class ClientOptions:
             dimensions=self.dimensions,
             truncate=self.truncate,
             encoding=self.encoding,  # type: ignore[arg-type]
+            model=self.model,
         )
+
+
+def _with_model(options: ClientOptions, model: str | None) -> ClientOptions:
+    return options if model is None else dataclasses.replace(options, model=model)
 
 
 def decode(response: pb.EmbedResponse) -> FloatArray:
@@ -105,9 +114,11 @@ class EmbedderClient:
         options: ClientOptions | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         security: ChannelSecurity | None = None,
+        model: str | None = None,
     ) -> None:
-        """`security`: TLS / mTLS and an API key (embedder/channel.py); default plaintext, no key."""
-        self.options = options or ClientOptions()
+        """`security`: TLS / mTLS and an API key (embedder/channel.py); default plaintext, no key.
+        `model` ("name" or "name@version") overrides `options.model`."""
+        self.options = _with_model(options or ClientOptions(), model)
         security = security or ChannelSecurity()
         self._metadata = security.metadata()
         self._channels = [security.channel(a, channel_options) for a in _addresses(addresses)]
@@ -139,11 +150,11 @@ class EmbedderClient:
         raise AssertionError("unreachable")  # itertools.count() never ends
 
     def model_info(self) -> pb.ModelInfo:
-        """The server's model and limits (asked once, then cached)."""
+        """This client's model and the server's limits (asked once, then cached); `.models` lists every
+        model/version the server has loaded."""
         if self._info is None:
-            self._info = self._call(
-                "GetModelInfo", pb.GetModelInfoRequest(), time.monotonic() + self.options.timeout_s
-            )
+            request = pb.GetModelInfoRequest(model=self.options.model)
+            self._info = self._call("GetModelInfo", request, time.monotonic() + self.options.timeout_s)
         return self._info
 
     def embed(self, texts: Sequence[str]) -> FloatArray:
@@ -187,8 +198,9 @@ class AsyncEmbedderClient:
         options: ClientOptions | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         security: ChannelSecurity | None = None,
+        model: str | None = None,
     ) -> None:
-        self.options = options or ClientOptions()
+        self.options = _with_model(options or ClientOptions(), model)
         security = security or ChannelSecurity()
         self._metadata = security.metadata()
         self._channels = [security.aio_channel(a, channel_options) for a in _addresses(addresses)]
@@ -211,10 +223,11 @@ class AsyncEmbedderClient:
         raise AssertionError("unreachable")
 
     async def model_info(self) -> pb.ModelInfo:
-        """The server's model and limits (asked once, then cached)."""
+        """As `EmbedderClient.model_info`."""
         if self._info is None:
             deadline = time.monotonic() + self.options.timeout_s
-            self._info = await self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline)
+            request = pb.GetModelInfoRequest(model=self.options.model)
+            self._info = await self._call("GetModelInfo", request, deadline)
         return self._info
 
     async def embed(self, texts: Sequence[str]) -> FloatArray:
