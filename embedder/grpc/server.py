@@ -228,6 +228,24 @@ def model_sources(config: ServerConfig, bundles: Sequence[Bundle] = ()) -> Calla
     return lambda: from_bundles(paths)
 
 
+async def _load_models(
+    config: ServerConfig, models: ModelSet, loader: ModelLoader, metrics: Metrics
+) -> ModelRegistry[ServedModel]:
+    """Every model loaded and warmed (a bad one fails start-up), behind a registry."""
+    default = config.default_model or (models.bundles[0].manifest.name if models.bundles else "")
+    registry = ModelRegistry(loader, default, config.grace_period_s, on_removed=loader.unloaded)
+    cache = loader.cache
+    metrics.watch_cache(cache.stats if cache is not None else lambda: None)
+    try:
+        await registry.sync(models, strict=True)
+    except BaseException:
+        await registry.close()
+        raise
+    if not registry.entries():
+        raise ConfigError("no model to serve: the model repository holds no bundle")
+    return registry
+
+
 async def create_server(
     config: ServerConfig,
     bundle: Bundle | Sequence[Bundle] | None = None,
@@ -252,17 +270,7 @@ async def create_server(
     loader = ModelLoader(
         config, metrics, gate, session_factory, _not_serving_callback(health_servicer, healthy)
     )
-    default = config.default_model or (models.bundles[0].manifest.name if models.bundles else "")
-    registry = ModelRegistry(loader, default, config.grace_period_s, on_removed=loader.unloaded)
-    cache = loader.cache
-    metrics.watch_cache(cache.stats if cache is not None else lambda: None)
-    try:
-        await registry.sync(models, strict=True)
-    except BaseException:
-        await registry.close()
-        raise
-    if not registry.entries():
-        raise ConfigError("no model to serve: the model repository holds no bundle")
+    registry = await _load_models(config, models, loader, metrics)
     service = EmbedderService(
         registry, metrics, config, gate, reload=lambda: reload_models(registry, sources)
     )

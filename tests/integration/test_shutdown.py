@@ -130,6 +130,32 @@ def test_open_stream_is_ended_with_unavailable_on_drain(start_server: Callable[.
         stopping.result(timeout=10)
 
 
+def test_health_watch_streams_are_ended_with_unavailable_on_drain(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """Watch streams never end by themselves; the drain ends them (NOT_SERVING, then UNAVAILABLE) so
+    gRPC's graceful stop need not wait its whole grace for them, and their watchers learn why."""
+    srv = start_server(grace_period_s=5)
+    with grpc.insecure_channel(srv.address) as ch:
+        watches = [
+            health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            for _ in range(3)
+        ]
+        assert all(next(watch).status == SERVING for watch in watches)
+        started = time.monotonic()
+        srv.submit(srv.running.stop(5.0)).result(timeout=10)
+        stop_s = time.monotonic() - started
+        for watch in watches:
+            statuses = []
+            with pytest.raises(grpc.RpcError) as info:
+                for reply in watch:
+                    statuses.append(reply.status)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            assert "shutting down" in info.value.details()  # type: ignore[attr-defined]
+            assert statuses and set(statuses) == {NOT_SERVING}
+    assert stop_s < 4.0, stop_s  # not the 5 s grace: nothing was left to wait for
+
+
 DRAIN_CALLERS = 64
 GRACE_S = 10.0
 Outcome = tuple[str, float, float, str]  # (status name, call started, call ended, details)
