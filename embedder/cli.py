@@ -1,12 +1,16 @@
 """`streamrec-embedder`: serve a bundle, embed texts in-process, or print a bundle's facts.
 
-    streamrec-embedder serve [--bundle DIR] [--port 50051] [--metrics-port 9000] [--max-wait-ms 2] ...
+    streamrec-embedder serve [--bundle DIR]... | [--model-repository DIR] [--port 50051] [--metrics-port 9000]
     streamrec-embedder embed "some text" "another"      # or texts on stdin, one per line; JSON lines out
     streamrec-embedder info [--bundle DIR]              # manifest + server limits as JSON
     streamrec-embedder info --address HOST:PORT         # the same, asked from a running server
     streamrec-embedder embed-file catalogue.jsonl --out embeddings.npy   # bulk, progress + resume
     streamrec-embedder health [--address 127.0.0.1:50051]  # exit 0 iff grpc.health.v1 says SERVING
     streamrec-embedder explain "query" "item" [--html out.html]  # coloured token attribution
+    streamrec-embedder models [--address 127.0.0.1:50051]  # the models and versions a server has loaded
+
+The in-process commands (embed, info, embed-file, explain) take `--model name[@version]` to pick one of
+the configured bundles; `embed-file --address ... --model` asks the servers for that model.
 
 Every config field is a `serve` flag (`--max-batch-items`), an env var
 (`STREAMREC_EMBEDDER_MAX_BATCH_ITEMS`) and a default, in that order of precedence; the other subcommands
@@ -20,6 +24,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +35,13 @@ from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from embedder.bulk import cli as bulk_cli
+from embedder.channel import ChannelSecurity
 from embedder.cli_flags import add_config_flags, resolve_bundle
+from embedder.client import ClientOptions, EmbedderClient
 from embedder.config import ServerConfig, load_config
 from embedder.core.bundle import load_bundle
 from embedder.core.engine import EmbeddingEngine, EmbedOptions
+from embedder.core.repository import choose_bundle, configured_models
 from embedder.errors import EmbedderError
 from embedder.explain import render as explain_render
 from embedder.grpc.server import serve
@@ -85,11 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--no-normalize", action="store_true", help="return raw pooled embeddings")
     embed.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation (0 = full)")
     embed.add_argument("--no-truncate", action="store_true", help="fail on texts over max_tokens")
+    _add_model_flag(embed)
     add_config_flags(embed, "embed")
     info = sub.add_parser(
         "info", help="the bundle's manifest and the server limits as JSON (--address: a running server's)"
     )
     _add_channel_flags(info, None)
+    _add_model_flag(info)
     add_config_flags(info, "info")
     embed_file = sub.add_parser(
         "embed-file", help="embed a JSONL catalogue into .npy/.parquet (progress bar, resumable shards)"
@@ -98,17 +108,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(embed_file, "embed-file")
     explain = sub.add_parser("explain", help="why two texts are similar: coloured words, --html heatmap")
     explain_render.add_arguments(explain)
+    _add_model_flag(explain)
     add_config_flags(explain, "explain")
     probe = sub.add_parser("health", help="ask a server's grpc.health.v1 status; exit 0 iff SERVING")
     _add_channel_flags(probe, f"127.0.0.1:{ServerConfig.port}")
     probe.add_argument("--service", default="", help="Service to ask about (default: '', the whole server).")
+    models = sub.add_parser("models", help="list the models and versions a running server has loaded")
+    _add_channel_flags(models, f"127.0.0.1:{ServerConfig.port}")
+    models.add_argument(
+        "--api-key-env",
+        default="",
+        help="Env var holding the API key, for servers with keys (default: none).",
+    )
     return parser
+
+
+def _add_model_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="",
+        help="name or name@version among the configured bundles (--address: the server's) "
+        "(default: the first bundle's name, at its highest version).",
+    )
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
     names = {f.name for f in dataclasses.fields(ServerConfig)}
-    config = load_config({k: v for k, v in vars(args).items() if k in names})
-    return dataclasses.replace(config, bundle=resolve_bundle(config.bundle))
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    if flags.get("bundle") is not None:  # --bundle may be repeated
+        flags["bundle"] = ",".join(flags["bundle"])
+    config = load_config(flags)
+    return dataclasses.replace(config, bundle=",".join(resolve_bundle(p) for p in config.bundle_paths()))
+
+
+def _pinned(config: ServerConfig, spec: str) -> ServerConfig:
+    """`config` with exactly the one bundle `spec` picks (an in-process command runs one model)."""
+    chosen = choose_bundle(config, spec)
+    return dataclasses.replace(config, bundle=str(chosen.path), model_repository="")
 
 
 def _cmd_serve(config: ServerConfig) -> int:
@@ -136,7 +172,7 @@ def _cmd_embed(config: ServerConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_info(config: ServerConfig) -> int:
+def _cmd_info(config: ServerConfig, models: list[str]) -> int:
     bundle = load_bundle(config.bundle)
     limits = {
         k: getattr(config, k)
@@ -153,6 +189,7 @@ def _cmd_info(config: ServerConfig) -> int:
     limits["workers"] = config.resolved_workers()
     out: dict[str, Any] = {"bundle": str(bundle.path), "manifest": dataclasses.asdict(bundle.manifest)}
     out["limits"] = limits
+    out["models"] = models  # every configured model/version; the manifest is the --model one
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0
 
@@ -162,13 +199,19 @@ def _cmd_info_remote(args: argparse.Namespace) -> int:
     with _channel(args) as channel:
         stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
         try:
-            reply = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=args.timeout_s)
+            reply = stub.GetModelInfo(pb.GetModelInfoRequest(model=args.model), timeout=args.timeout_s)
         except grpc.RpcError as exc:
             print(f"{PROG}: error: {args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
     info = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     print(json.dumps({"address": args.address, **info}, indent=2, sort_keys=True))
     return 0
+
+
+def _security(args: argparse.Namespace, api_key: str = "") -> ChannelSecurity:
+    return ChannelSecurity.from_files(
+        args.tls_ca_file, args.tls_cert_file, args.tls_key_file, args.tls_server_name, api_key
+    )
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
@@ -178,6 +221,24 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     credentials = grpc.ssl_channel_credentials(Path(args.tls_ca_file).read_bytes(), key, cert)
     options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
     return grpc.secure_channel(args.address, credentials, options=options)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    """One JSON line per loaded model version: name, version, sha256, dim, and which are defaults."""
+    api_key = os.environ.get(args.api_key_env, "") if args.api_key_env else ""
+    options = ClientOptions(timeout_s=args.timeout_s, max_attempts=1)
+    with EmbedderClient(args.address, options, security=_security(args, api_key)) as client:
+        try:
+            info = client.model_info()
+        except grpc.RpcError as exc:
+            print(f"{PROG}: error: {args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    for m in info.models:
+        fields: dict[str, Any] = {"model": f"{m.name}@{m.version}", "name": m.name, "version": m.version}
+        fields |= {"sha256": m.sha256, "dim": m.dim}
+        fields |= {"default": m.is_default, "name_default": m.is_name_default}
+        print(json.dumps(fields))
+    return 0
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -200,18 +261,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "health":
             return _cmd_health(args)
+        if args.command == "models":
+            return _cmd_models(args)
         if args.command == "info" and args.address:
             return _cmd_info_remote(args)
         config = _config(args)
         if args.command == "serve":
             return _cmd_serve(config)
+        if args.command == "embed-file" and args.address:
+            return bulk_cli.run_cli(config, args)  # the servers choose the model (--model)
+        configured = [f"{b.manifest.name}@{b.manifest.version}" for b in configured_models(config).bundles]
+        config = _pinned(config, args.model)
         if args.command == "embed":
             return _cmd_embed(config, args)
         if args.command == "embed-file":
             return bulk_cli.run_cli(config, args)
         if args.command == "explain":
             return explain_render.run_cli(config, args)
-        return _cmd_info(config)
+        return _cmd_info(config, configured)
     except EmbedderError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

@@ -15,7 +15,11 @@ from pathlib import Path
 from embedder.config import ENV_PREFIX, SECRET_FIELDS, ServerConfig
 
 CONFIG_HELP: dict[str, str] = {
-    "bundle": "Model bundle directory (docs/bundle.md); the default one is found from any directory.",
+    "bundle": "Model bundle directory (docs/bundle.md), repeatable to serve several models or versions; "
+    "the default one is found from any directory.",
+    "model_repository": "A folder of NAME/VERSION/ bundles served instead of --bundle, re-read on SIGHUP "
+    "(docs/bundle.md).",
+    "default_model": "The model a request without `model` gets ('' = the first bundle or repository name).",
     "host": "Address the gRPC server binds ([::] = every interface).",
     "port": "gRPC port (0 = any free port; the log says which).",
     "metrics_port": "Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server).",
@@ -67,11 +71,12 @@ _LIMITS = (
 )
 
 # The fields each subcommand other than `serve` reads.
+_MODELS = ("bundle", "model_repository", "default_model")  # where --model picks from
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
-    "embed": ("bundle", "max_text_chars", "intra_op_threads"),
-    "info": ("bundle", *_LIMITS),  # the limits a server with these settings would report
-    "embed-file": ("bundle", "workers", "intra_op_threads", "max_texts_per_request", "max_text_chars"),
-    "explain": ("bundle", "max_text_chars", "inference_timeout_s"),
+    "embed": (*_MODELS, "max_text_chars", "intra_op_threads"),
+    "info": (*_MODELS, *_LIMITS),  # the limits a server with these settings would report
+    "embed-file": (*_MODELS, "workers", "intra_op_threads", "max_texts_per_request", "max_text_chars"),
+    "explain": (*_MODELS, "max_text_chars", "inference_timeout_s"),
 }
 
 
@@ -92,6 +97,12 @@ def add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
     group = parser.add_argument_group("settings (flag > env var > default)")
     for name in command_fields(command):
         default = getattr(defaults, name)
+        if name == "bundle":  # repeatable: one model (version) per flag; the env var is comma-separated
+            help_ = f"{CONFIG_HELP[name]} (default {default!r}; env {ENV_PREFIX}BUNDLE, comma-separated)"
+            group.add_argument(
+                "--bundle", dest=name, action="append", default=None, metavar="DIR", help=help_
+            )
+            continue
         group.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,

@@ -4,12 +4,15 @@
 most the server's `max_texts_per_request` (asked once via GetModelInfo), runs them concurrently over
 several server addresses in round-robin, and retries UNAVAILABLE / RESOURCE_EXHAUSTED with exponential
 backoff and full jitter, all within one overall deadline per `embed` call. Other errors raise
-`grpc.RpcError` at once. TLS, mTLS and an API key: pass `security=ChannelSecurity(...)` (channel.py).
+`grpc.RpcError` at once. `model="name@version"` pins a model version (vectors of two versions live in
+different spaces); `model_info().models` lists what the server has loaded. TLS, mTLS and an API key:
+pass `security=ChannelSecurity(...)` (channel.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 import threading
@@ -48,6 +51,8 @@ class ClientOptions:
     # None = ask the server (GetModelInfo) once.
     max_texts_per_request: int | None = None
     max_concurrent_requests: int = 4
+    # Which model: "name", "name@version" (pinned: vectors stay in one space), "" = the server's default.
+    model: str = ""
 
     def backoff_s(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
@@ -60,7 +65,12 @@ class ClientOptions:
             dimensions=self.dimensions,
             truncate=self.truncate,
             encoding=self.encoding,  # type: ignore[arg-type]
+            model=self.model,
         )
+
+
+def _with_model(options: ClientOptions, model: str | None) -> ClientOptions:
+    return options if model is None else dataclasses.replace(options, model=model)
 
 
 def decode(response: pb.EmbedResponse) -> FloatArray:
@@ -89,7 +99,57 @@ def _should_retry(
     return code in RETRYABLE and attempt + 1 < opts.max_attempts and time.monotonic() + pause < deadline
 
 
-class EmbedderClient:
+class _Shared:
+    """What both clients share: options, the address rotation, the retry rule, how `embed` is split.
+
+    The two clients differ only in how they wait (threads and `time.sleep`, or `await`); their `_call`
+    and `embed` are the same steps around these helpers.
+    """
+
+    def __init__(
+        self, options: ClientOptions | None, model: str | None, security: ChannelSecurity | None
+    ) -> None:
+        self.options = _with_model(options or ClientOptions(), model)
+        self._security = security or ChannelSecurity()
+        self._metadata = self._security.metadata()
+        self._stubs: list[Any] = []
+        self._next = itertools.cycle([0])
+        self._lock = threading.Lock()
+        self._info: pb.ModelInfo | None = None
+
+    def _use(self, channels: Sequence[Any]) -> None:
+        self._stubs = [pb_grpc.EmbedderStub(c) for c in channels]  # type: ignore[no-untyped-call]
+        self._next = itertools.cycle(range(len(self._stubs)))
+
+    def _first(self) -> int:
+        with self._lock:
+            return next(self._next)
+
+    def _attempt(self, first: int, attempt: int, deadline: float) -> tuple[Any, float]:
+        """The stub and timeout of one attempt. Each call walks the addresses from its own start: taking
+        the shared rotation per attempt could send every retry of a call back to the same dead address
+        while other callers take the others."""
+        return self._stubs[(first + attempt) % len(self._stubs)], max(0.001, deadline - time.monotonic())
+
+    def _pause(self, exc: grpc.RpcError, attempt: int, deadline: float) -> float:
+        """Seconds to wait before the next attempt; raises `exc` if it is not to be retried."""
+        pause = self.options.backoff_s(attempt)
+        if not _should_retry(exc, attempt, self.options, deadline, pause):
+            raise exc
+        return pause
+
+    def _info_request(self) -> tuple[pb.GetModelInfoRequest, float]:
+        return pb.GetModelInfoRequest(model=self.options.model), time.monotonic() + self.options.timeout_s
+
+    def _split(self, texts: Sequence[str], info: pb.ModelInfo) -> list[Sequence[str]]:
+        size = self.options.max_texts_per_request or info.limits.max_texts_per_request or 64
+        return _chunks(texts, size)
+
+    def _none(self, info: pb.ModelInfo) -> FloatArray:
+        return np.zeros((0, self.options.dimensions or info.dim), dtype=np.float32)
+
+
+class EmbedderClient(_Shared):
     """Blocking client; thread-safe. Use as a context manager or call `close()`."""
 
     def __init__(
@@ -98,54 +158,40 @@ class EmbedderClient:
         options: ClientOptions | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         security: ChannelSecurity | None = None,
+        model: str | None = None,
     ) -> None:
-        """`security`: TLS / mTLS and an API key (embedder/channel.py); default plaintext, no key."""
-        self.options = options or ClientOptions()
-        security = security or ChannelSecurity()
-        self._metadata = security.metadata()
-        self._channels = [security.channel(a, channel_options) for a in _addresses(addresses)]
-        self._stubs = [pb_grpc.EmbedderStub(c) for c in self._channels]  # type: ignore[no-untyped-call]
-        self._next = itertools.cycle(range(len(self._stubs)))
-        self._lock = threading.Lock()
+        """`security`: TLS / mTLS and an API key (embedder/channel.py); default plaintext, no key.
+        `model` ("name" or "name@version") overrides `options.model`."""
+        super().__init__(options, model, security)
+        self._channels = [self._security.channel(a, channel_options) for a in _addresses(addresses)]
+        self._use(self._channels)
         self._pool: ThreadPoolExecutor | None = None
-        self._info: pb.ModelInfo | None = None
-
-    def _first(self) -> int:
-        with self._lock:
-            return next(self._next)
 
     def _call(self, method: str, request: Any, deadline: float) -> Any:
         """One RPC with retries on UNAVAILABLE/RESOURCE_EXHAUSTED; each attempt goes to the next address."""
         first = self._first()
         for attempt in itertools.count():
-            # Walk the addresses from this call's own start: taking the shared cycle per attempt could send
-            # every retry of a call back to the same dead address while other threads take the others.
-            stub = self._stubs[(first + attempt) % len(self._stubs)]
+            stub, timeout = self._attempt(first, attempt, deadline)
             try:
-                timeout = max(0.001, deadline - time.monotonic())
                 return getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
-                pause = self.options.backoff_s(attempt)
-                if not _should_retry(exc, attempt, self.options, deadline, pause):
-                    raise
-                time.sleep(pause)
+                time.sleep(self._pause(exc, attempt, deadline))
         raise AssertionError("unreachable")  # itertools.count() never ends
 
     def model_info(self) -> pb.ModelInfo:
-        """The server's model and limits (asked once, then cached)."""
+        """This client's model and the server's limits (asked once, then cached); `.models` lists every
+        model/version the server has loaded."""
         if self._info is None:
-            self._info = self._call(
-                "GetModelInfo", pb.GetModelInfoRequest(), time.monotonic() + self.options.timeout_s
-            )
+            self._info = self._call("GetModelInfo", *self._info_request())
         return self._info
 
     def embed(self, texts: Sequence[str]) -> FloatArray:
         """Embed `texts` in order; float32 [len(texts), dim]."""
         deadline = time.monotonic() + self.options.timeout_s
         info = self.model_info()
-        chunks = _chunks(texts, self.options.max_texts_per_request or info.limits.max_texts_per_request or 64)
+        chunks = self._split(texts, info)
         if not chunks:
-            return np.zeros((0, self.options.dimensions or info.dim), dtype=np.float32)
+            return self._none(info)
 
         def one(chunk: Sequence[str]) -> FloatArray:
             return decode(self._call("Embed", self.options.request(chunk), deadline))
@@ -171,8 +217,9 @@ class EmbedderClient:
         self.close()
 
 
-class AsyncEmbedderClient:
-    """asyncio client; create and use it inside one running event loop."""
+class AsyncEmbedderClient(_Shared):
+    """asyncio client; create and use it inside one running event loop. The same as `EmbedderClient`,
+    awaited."""
 
     def __init__(
         self,
@@ -180,43 +227,35 @@ class AsyncEmbedderClient:
         options: ClientOptions | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         security: ChannelSecurity | None = None,
+        model: str | None = None,
     ) -> None:
-        self.options = options or ClientOptions()
-        security = security or ChannelSecurity()
-        self._metadata = security.metadata()
-        self._channels = [security.aio_channel(a, channel_options) for a in _addresses(addresses)]
-        self._stubs = [pb_grpc.EmbedderStub(c) for c in self._channels]  # type: ignore[no-untyped-call]
-        self._next = itertools.cycle(range(len(self._stubs)))
-        self._info: pb.ModelInfo | None = None
+        super().__init__(options, model, security)
+        self._channels = [self._security.aio_channel(a, channel_options) for a in _addresses(addresses)]
+        self._use(self._channels)
 
     async def _call(self, method: str, request: Any, deadline: float) -> Any:
-        first = next(self._next)
+        first = self._first()
         for attempt in itertools.count():
-            stub = self._stubs[(first + attempt) % len(self._stubs)]  # see EmbedderClient._call
+            stub, timeout = self._attempt(first, attempt, deadline)
             try:
-                timeout = max(0.001, deadline - time.monotonic())
                 return await getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
-                pause = self.options.backoff_s(attempt)
-                if not _should_retry(exc, attempt, self.options, deadline, pause):
-                    raise
-                await asyncio.sleep(pause)
+                await asyncio.sleep(self._pause(exc, attempt, deadline))
         raise AssertionError("unreachable")
 
     async def model_info(self) -> pb.ModelInfo:
-        """The server's model and limits (asked once, then cached)."""
+        """As `EmbedderClient.model_info`."""
         if self._info is None:
-            deadline = time.monotonic() + self.options.timeout_s
-            self._info = await self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline)
+            self._info = await self._call("GetModelInfo", *self._info_request())
         return self._info
 
     async def embed(self, texts: Sequence[str]) -> FloatArray:
         """Embed `texts` in order; float32 [len(texts), dim]."""
         deadline = time.monotonic() + self.options.timeout_s
         info = await self.model_info()
-        chunks = _chunks(texts, self.options.max_texts_per_request or info.limits.max_texts_per_request or 64)
+        chunks = self._split(texts, info)
         if not chunks:
-            return np.zeros((0, self.options.dimensions or info.dim), dtype=np.float32)
+            return self._none(info)
         gate = asyncio.Semaphore(self.options.max_concurrent_requests)
 
         async def one(chunk: Sequence[str]) -> FloatArray:

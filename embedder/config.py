@@ -24,7 +24,13 @@ SECRET_FIELDS = frozenset({"api_keys"})
 class ServerConfig:
     """Every serving knob. `workers=0` means one inference worker per CPU core."""
 
+    # Bundle directories to serve, comma-separated (the `--bundle` flag may be repeated instead).
     bundle: str = "models/streamrec-cnn-v1"
+    # A model repository (NAME/VERSION/ bundles, docs/bundle.md): served instead of `bundle`, re-read on
+    # SIGHUP and by the ReloadModels RPC.
+    model_repository: str = ""
+    # What a request without `model` gets ("" = the first --bundle, or the repository's first name).
+    default_model: str = ""
     host: str = "[::]"
     port: int = 50051
     # Prometheus /metrics HTTP port (0 = any free port, -1 = no metrics server). The page is plaintext and
@@ -89,6 +95,9 @@ class ServerConfig:
     # list from the env var. Never a flag (SECRET_FIELDS): a command line shows in `ps`. None = no key.
     api_keys_file: str = ""
     api_keys: str = field(default="", repr=False)
+
+    def bundle_paths(self) -> list[str]:
+        return [p.strip() for p in self.bundle.split(",") if p.strip()]
 
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)

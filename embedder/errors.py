@@ -45,3 +45,13 @@ class InferenceTimeoutError(InferenceError):
 
 class ConfigError(EmbedderError):
     """A configuration value is invalid (bad flag, env var, or file)."""
+
+
+class ModelNotFoundError(EmbedderError):
+    """The request names a model or version this server has not loaded; the message lists what is
+    loaded (NOT_FOUND)."""
+
+
+class ModelRemovedError(EmbedderError):
+    """The request pins a version that was removed while serving; the message names the versions that
+    remain (FAILED_PRECONDITION)."""

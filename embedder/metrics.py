@@ -3,10 +3,15 @@ on their own registry and HTTP port.
 
 Each server owns a `Metrics` with its own `CollectorRegistry`, so several servers can live in one
 process (tests) without clashing on the global registry.
+
+Every series but `model_info` carries a `model` label, "name@version" of a loaded model (or "none" for a
+call refused before a model was chosen): its values come from the server's model list, never from what
+a caller sent, so the label stays bounded. A removed version's batch series are dropped with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -24,6 +29,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 PREFIX = "streamrec_embedder_"
+MODEL = "model"
+NO_MODEL = "none"  # the `model` label of a call refused before a model was chosen
+# The Embedder methods that run on a model (their OK series exist from the moment a version loads).
+SERVED_METHODS = ("Embed", "EmbedStream", "Explain", "GetModelInfo")
 
 # Every metric name the server exports (after prometheus_client adds `_total` to counters).
 METRIC_NAMES = tuple(
@@ -106,7 +115,7 @@ class _CacheCollector(Collector):
 
 
 class Metrics:
-    """All serving metrics; implements the scheduler's `BatchObserver` (embedder/core/scheduler.py)."""
+    """All serving metrics; `for_model` gives the scheduler's `BatchObserver` (embedder/core/scheduler.py)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # `_created` series are not in the contract; the switch is process-wide: flip it here, not on import.
@@ -114,63 +123,70 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         p = PREFIX
+        m = [MODEL]
         self.requests = Counter(
-            p + "requests", "RPCs (stream messages count one each)", ["method", "code"], registry=r
+            p + "requests", "RPCs (stream messages count one each)", ["method", "code", MODEL], registry=r
         )
-        self.items = Counter(p + "items", "Texts embedded", registry=r)
+        self.items = Counter(p + "items", "Texts embedded", m, registry=r)
         self.tokens = Counter(
-            p + "tokens", "Tokens embedded (after truncation, incl. special tokens)", registry=r
+            p + "tokens", "Tokens embedded (after truncation, incl. special tokens)", m, registry=r
         )
         self.request_latency = Histogram(
             p + "request_latency_seconds",
             "Server-side latency",
-            ["method"],
+            ["method", MODEL],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             p + "queue_wait_seconds",
             "Time a request waited in the batch queue",
+            m,
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.inference = Histogram(
-            p + "inference_seconds", "ONNX time per batch", buckets=_LATENCY_BUCKETS, registry=r
+            p + "inference_seconds", "ONNX time per batch", m, buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.batch_items = Histogram(p + "batch_items", "Texts per batch", buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_items = Histogram(
+            p + "batch_items", "Texts per batch", m, buckets=_SIZE_BUCKETS, registry=r
+        )
         self.batch_tokens = Histogram(
-            p + "batch_tokens", "Padded tokens per batch", buckets=_TOKEN_BUCKETS, registry=r
+            p + "batch_tokens", "Padded tokens per batch", m, buckets=_TOKEN_BUCKETS, registry=r
         )
         self.padding_ratio = Histogram(
             p + "padding_ratio",
             "Share of a batch's tokens that are padding",
+            m,
             buckets=_RATIO_BUCKETS,
             registry=r,
         )
         self.batch_real_tokens = Counter(
             p + "batch_real_tokens",
             "Tokens of the texts run (padding excluded), over all batches",
+            m,
             registry=r,
         )
         self.batch_padded_tokens = Counter(
             p + "batch_padded_tokens",
             "Tokens run including padding (longest x texts per batch); real / padded = padding efficiency",
+            m,
             registry=r,
         )
-        self.queue_items = Gauge(p + "queue_items", "Texts waiting in the batch queue", registry=r)
+        self.queue_items = Gauge(p + "queue_items", "Texts waiting in the batch queue", m, registry=r)
         self.model_info = Gauge(
             p + "model_info", "Served model (value 1)", ["name", "version", "dim"], registry=r
         )
         self.dropped_items = Counter(
             p + "dropped_items",
             "Texts dropped before inference (reason: deadline, cancelled, failed, shutdown)",
-            ["reason"],
+            ["reason", MODEL],
             registry=r,
         )
         self.failed_batches = Counter(
             p + "failed_batches",
             "Batches whose inference failed (reason: error, timeout)",
-            ["reason"],
+            ["reason", MODEL],
             registry=r,
         )
         self._cache = _CacheCollector()
@@ -189,42 +205,58 @@ class Metrics:
         self._cache.read = read
 
     def set_model(self, name: str, version: str, dim: int) -> None:
+        """A model version is loaded (model_info 1). Its counters start at 0 now, not at its first call:
+        Prometheus' rate() needs a sample from before the traffic, or the first burst never shows."""
         self.model_info.labels(name=name, version=version, dim=str(dim)).set(1)
+        model = f"{name}@{version}"
+        self.items.labels(model=model)
+        self.tokens.labels(model=model)
+        self.queue_items.labels(model=model).set(0)
+        for method in SERVED_METHODS:
+            self.requests.labels(method=method, code="OK", model=model)
+
+    def forget_model(self, name: str, version: str, dim: int) -> None:
+        """A version is unloaded: its model_info, queue and batch series go (the label stays bounded)."""
+        key = f"{name}@{version}"
+        for metric in (
+            self.queue_items,
+            self.batch_items,
+            self.batch_tokens,
+            self.padding_ratio,
+            self.inference,
+        ):
+            _remove(metric, key)
+        _remove(self.model_info, name, version, str(dim))
+
+    def for_model(self, model: str) -> ModelObserver:
+        """The scheduler's observer for one loaded model ("name@version")."""
+        return ModelObserver(self, model)
 
     def observe_request(
-        self, method: str, code: str, latency_s: float, items: int = 0, tokens: int = 0
+        self,
+        method: str,
+        code: str,
+        latency_s: float,
+        items: int = 0,
+        tokens: int = 0,
+        *,
+        model: str = NO_MODEL,
     ) -> None:
-        self.requests.labels(method=method, code=code).inc()
-        self.request_latency.labels(method=method).observe(latency_s)
+        self.requests.labels(method=method, code=code, model=model).inc()
+        self.request_latency.labels(method=method, model=model).observe(latency_s)
         if items:
-            self.items.inc(items)
+            self.items.labels(model=model).inc(items)
         if tokens:
-            self.tokens.inc(tokens)
-
-    def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None:
-        self.batch_items.observe(items)
-        self.batch_tokens.observe(padded_tokens)
-        self.padding_ratio.observe(1.0 - real_tokens / padded_tokens if padded_tokens else 0.0)
-        self.batch_real_tokens.inc(real_tokens)
-        self.batch_padded_tokens.inc(padded_tokens)
-        self.inference.observe(inference_s)
-
-    def set_queued_items(self, items: int) -> None:
-        self.queue_items.set(items)
-
-    def observe_dropped(self, items: int, reason: str) -> None:
-        self.dropped_items.labels(reason=reason).inc(items)
-
-    def observe_failed_batch(self, items: int, reason: str) -> None:
-        self.failed_batches.labels(reason=reason).inc()
+            self.tokens.labels(model=model).inc(tokens)
 
     def request_counts(self) -> dict[tuple[str, str], int]:
-        """requests_total as {(method, code): count} (the drain summary logs it at exit)."""
+        """requests_total as {(method, code): count} over every model (the drain summary logs it at exit)."""
         counts: dict[tuple[str, str], int] = {}
         for family in self.requests.collect():
             for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    counts[(sample.labels["method"], sample.labels["code"])] = int(sample.value)
+                if sample.name.endswith("_total") and sample.value:
+                    key = (sample.labels["method"], sample.labels["code"])
+                    counts[key] = counts.get(key, 0) + int(sample.value)
         return counts
 
     def start_http(self, host: str, port: int) -> int:
@@ -237,6 +269,39 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class ModelObserver:
+    """The scheduler's `BatchObserver` for one model: the server's metrics under its `model` label."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._m = metrics
+        self.model = model
+
+    def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None:
+        m, model = self._m, self.model
+        m.batch_items.labels(model=model).observe(items)
+        m.batch_tokens.labels(model=model).observe(padded_tokens)
+        m.padding_ratio.labels(model=model).observe(
+            1.0 - real_tokens / padded_tokens if padded_tokens else 0.0
+        )
+        m.batch_real_tokens.labels(model=model).inc(real_tokens)
+        m.batch_padded_tokens.labels(model=model).inc(padded_tokens)
+        m.inference.labels(model=model).observe(inference_s)
+
+    def set_queued_items(self, items: int) -> None:
+        self._m.queue_items.labels(model=self.model).set(items)
+
+    def observe_dropped(self, items: int, reason: str) -> None:
+        self._m.dropped_items.labels(reason=reason, model=self.model).inc(items)
+
+    def observe_failed_batch(self, items: int, reason: str) -> None:
+        self._m.failed_batches.labels(reason=reason, model=self.model).inc()
+
+
+def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # a series never observed
+        metric.remove(*labels)
 
 
 def registered_names(registry: Collector) -> set[str]:

@@ -8,7 +8,7 @@ real blocking client, exactly as the ranking pipeline would.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -55,6 +55,32 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     )
 
 
+@pytest.fixture(scope="session")
+def bundle_v2(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """A second version of `bundle`'s model (same name, version 1.0.0, other random weights): its vectors
+    live in another space, so a vector labelled with the wrong version is caught."""
+    from training.export import export_random_bundle
+
+    raw = load_bundle(export_random_bundle(tmp_path_factory.mktemp("bundle-v2-raw"), seed=1))
+    fields = raw.manifest.writer_fields()
+    fields |= {"matryoshka_dims": TEST_MATRYOSHKA_DIMS, "name": bundle.manifest.name, "version": "1.0.0"}
+    return save_bundle(
+        tmp_path_factory.mktemp("bundle-v2"),
+        raw.model_path,
+        raw.tokenizer_path,
+        explain_file=raw.explain_path,
+        **fields,
+    )
+
+
+@pytest.fixture(scope="session")
+def reference_v2(bundle_v2: Bundle) -> Iterator[EmbeddingEngine]:
+    """In-process embedding with `bundle_v2`."""
+    engine = EmbeddingEngine(bundle_v2, make_config(workers=1, tokenizer_threads=1))
+    yield engine
+    engine.close_sync()
+
+
 @pytest.fixture
 def start_server(bundle: Bundle) -> Iterator[Callable[..., ServerThread]]:
     """Factory: `start_server(max_wait_ms=5)` -> a fresh ServerThread, stopped after the test.
@@ -63,7 +89,7 @@ def start_server(bundle: Bundle) -> Iterator[Callable[..., ServerThread]]:
     """
     started: list[ServerThread] = []
 
-    def start(served: Bundle | None = None, **overrides: Any) -> ServerThread:
+    def start(served: Bundle | Sequence[Bundle] | None = None, **overrides: Any) -> ServerThread:
         server = ServerThread(served or bundle, make_config(**overrides))
         started.append(server)
         return server

@@ -181,7 +181,9 @@ def alert_expressions() -> list[str]:
 
 
 def items_served(server: Proc) -> float:
-    return scrape(server.metrics_url)["streamrec_embedder_items_total{}"]
+    """Texts embedded by `server`, over every model it serves."""
+    found = scrape(server.metrics_url)
+    return sum(v for k, v in found.items() if k.startswith("streamrec_embedder_items_total{"))
 
 
 # --- nginx -------------------------------------------------------------------------------------------

@@ -127,7 +127,9 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def sample(url: str, name: str, **labels: str) -> float:
-    return scrape(url).get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of the samples called `name` whose labels include `labels` (e.g. over every model)."""
+    wanted = set(labels.items())
+    return sum(v for (n, labs), v in scrape(url).items() if n == name and wanted <= set(labs))
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:

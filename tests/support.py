@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,7 +31,7 @@ def make_config(**overrides: Any) -> ServerConfig:
 class ServerThread:
     """A real server (create_server) on its own event loop in a daemon thread."""
 
-    def __init__(self, bundle: Bundle, config: ServerConfig) -> None:
+    def __init__(self, bundle: Bundle | Sequence[Bundle], config: ServerConfig) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
         self._thread.start()
@@ -76,3 +78,17 @@ def embed_reference(engine: EmbeddingEngine, texts: list[str], **options: Any) -
     """Each text embedded alone (batch of 1), so batching and padding on the server must not matter."""
     opts = EmbedOptions(**options)
     return np.concatenate([engine.embed_in_process([t], opts) for t in texts])
+
+
+def make_repository(root: Path, *bundles: Bundle) -> Path:
+    """A model repository (NAME/VERSION/ bundles) holding copies of `bundles`."""
+    for b in bundles:
+        add_version(root, b)
+    return root
+
+
+def add_version(root: Path, bundle: Bundle) -> Path:
+    """Copy `bundle` into the repository at NAME/VERSION/ (as an operator publishing a version)."""
+    dest = root / bundle.manifest.name / bundle.manifest.version
+    shutil.copytree(bundle.path, dest)
+    return dest

@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-items", type=int, default=d.shard_items, help="rows per resumable shard")
     parser.add_argument("--batch-items", type=int, default=d.batch_items, help="texts per model call")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight with --address")
+    parser.add_argument(
+        "--model",
+        default="",
+        help="name or name@version: with --address, the servers' model; else one of the configured bundles",
+    )
     parser.add_argument("--no-normalize", action="store_true", help="store raw pooled embeddings")
     parser.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation (0 = full)")
     parser.add_argument("--no-truncate", action="store_true", help="fail on texts over max_tokens")
@@ -84,7 +89,7 @@ def _run_ray(config: ServerConfig, options: BulkOptions, args: argparse.Namespac
 
 def _run_here(config: ServerConfig, options: BulkOptions, args: argparse.Namespace) -> BulkReport:
     embedder: BatchEmbedder = (
-        RemoteEmbedder(args.address, options, args.concurrency)
+        RemoteEmbedder(args.address, options, args.concurrency, model=args.model)
         if args.address
         else LocalEmbedder(config, options)
     )

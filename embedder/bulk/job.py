@@ -138,7 +138,11 @@ class LocalEmbedder:
 class RemoteEmbedder:
     """Through running servers (a balancer or several replicas), `concurrency` requests in flight."""
 
-    def __init__(self, addresses: Sequence[str], options: BulkOptions, concurrency: int = 4) -> None:
+    def __init__(
+        self, addresses: Sequence[str], options: BulkOptions, concurrency: int = 4, model: str = ""
+    ) -> None:
+        """`model`: "name" or "name@version" on the servers ("" = their default); the resume fingerprint
+        records the version that answered, so a rerun against another version is refused."""
         client_options = ClientOptions(
             normalize=options.normalize,
             dimensions=options.dimensions,
@@ -146,7 +150,7 @@ class RemoteEmbedder:
             timeout_s=120.0,
             max_attempts=8,
         )
-        self.client = EmbedderClient(addresses, client_options)
+        self.client = EmbedderClient(addresses, client_options, model=model)
         try:
             info = self.client.model_info()
         except grpc.RpcError as exc:
@@ -157,6 +161,10 @@ class RemoteEmbedder:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bulk-embed")
         self.model = {"name": info.name, "version": info.version, "sha256": info.sha256}
         self.dim = options.dimensions or info.dim
+        # The whole job runs on the version that answered, even if the servers' default moves meanwhile:
+        # vectors of two versions must not mix in one output.
+        pinned = f"{info.name}@{info.version}"
+        self.client.options = dataclasses.replace(self.client.options, model=pinned)
 
     def embed(self, texts: list[str]) -> FloatArray:
         try:

@@ -14,7 +14,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +23,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embedder.config import ServerConfig
-from embedder.core.bundle import Bundle, load_bundle
+from embedder.core.bundle import Bundle
 from embedder.core.engine import EmbeddingEngine
 from embedder.core.gate import ServingGate
+from embedder.core.registry import ModelRegistry, SyncReport
+from embedder.core.repository import ModelSet, from_bundles, scan_repository
 from embedder.core.session import SessionFactory
-from embedder.errors import ConfigError
+from embedder.errors import ConfigError, EmbedderError
 from embedder.explain.explainer import Explainer
 from embedder.grpc.auth import ApiKeyInterceptor, load_api_keys, server_credentials
 from embedder.grpc.drain import InflightTracker
 from embedder.grpc.limits import CallLimits
+from embedder.grpc.served import ModelLoader, ServedModel
 from embedder.grpc.service import SERVICE_NAME, EmbedderService, add_to_server
 from embedder.metrics import Metrics
 
@@ -53,15 +56,28 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     metrics_port: int | None
-    engine: EmbeddingEngine
-    explainer: Explainer | None
+    registry: ModelRegistry[ServedModel]
     service: EmbedderService
     health: Any  # grpc_health.v1.health.aio.HealthServicer (the stubs lack the aio module)
     metrics: Metrics
     inflight: InflightTracker
     gate: ServingGate
     limits: CallLimits
+    sources: Callable[[], ModelSet]
     _stopped: bool = False
+
+    @property
+    def engine(self) -> EmbeddingEngine:
+        """The default model's engine."""
+        return self.registry.resolve("").model.engine
+
+    @property
+    def explainer(self) -> Explainer | None:
+        return self.registry.resolve("").model.explainer
+
+    async def reload(self) -> SyncReport:
+        """Re-read the model sources (repository or bundles) and roll the registry to them."""
+        return await reload_models(self.registry, self.sources)
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING -> refuse new calls -> let accepted calls finish (up to `grace_s`) -> release."""
@@ -94,9 +110,7 @@ class RunningServer:
         await _stop_begun(self.server)
         self.service.release_refusals()
         await stopping
-        await self.engine.close()
-        if self.explainer is not None:
-            self.explainer.close()
+        await self.registry.close()
         self.metrics.stop_http()
         counts = ", ".join(f"{m} {c}={n}" for (m, c), n in sorted(self.metrics.request_counts().items()))
         log.info("stopped; requests served: %s", counts or "none")
@@ -158,51 +172,77 @@ def _bind(server: grpc.aio.Server, config: ServerConfig, credentials: grpc.Serve
         raise ConfigError(f"cannot bind {address}: {exc}") from None
 
 
-async def create_server(
-    config: ServerConfig, bundle: Bundle | None = None, session_factory: SessionFactory | None = None
-) -> RunningServer:
-    """Load the model, bind, start; health goes SERVING once the model has answered a warm-up batch.
+async def reload_models(registry: ModelRegistry[ServedModel], sources: Callable[[], ModelSet]) -> SyncReport:
+    """SIGHUP and the ReloadModels RPC: new versions load and warm first, removed ones drain, then close."""
+    try:
+        models = await asyncio.get_running_loop().run_in_executor(None, sources)  # hashes every bundle
+    except EmbedderError as exc:
+        return SyncReport(errors=[str(exc)], loaded=[e.key for e in registry.entries()])
+    report = await registry.sync(models)
+    log.info(
+        "reload: added %s, removed %s, loaded %s, errors %s",
+        report.added or "none",
+        report.removed or "none",
+        report.loaded,
+        report.errors or "none",
+    )
+    return report
 
-    `session_factory` replaces the ONNX sessions (the tests' fault-injection seam).
+
+def model_sources(config: ServerConfig, bundles: Sequence[Bundle] = ()) -> Callable[[], ModelSet]:
+    """Where the served models come from, read again on every reload: the repository, else the given
+    bundles, else `config.bundle`."""
+    if config.model_repository:
+        return lambda: scan_repository(config.model_repository)
+    if bundles:
+        fixed = list(bundles)
+        return lambda: ModelSet(bundles=fixed)
+    paths = config.bundle_paths()
+    return lambda: from_bundles(paths)
+
+
+async def create_server(
+    config: ServerConfig,
+    bundle: Bundle | Sequence[Bundle] | None = None,
+    session_factory: SessionFactory | None = None,
+) -> RunningServer:
+    """Load the models, bind, start; health goes SERVING once every model has answered a warm-up batch.
+
+    `bundle` (one or several) replaces `config.bundle`; `session_factory` replaces the ONNX sessions (the
+    tests' fault-injection seam).
     """
-    bundle = bundle or load_bundle(config.bundle)
+    sources = model_sources(config, [bundle] if isinstance(bundle, Bundle) else list(bundle or ()))
+    models = sources()  # a bad bundle fails start-up here, before anything binds
     metrics = Metrics()
-    m = bundle.manifest
-    metrics.set_model(m.name, m.version, m.dim)
-    # Keys and TLS files are read before the model loads: a bad one fails start-up at once.
+    # Keys and TLS files are read before the models load: a bad one fails start-up at once.
     inflight = InflightTracker((f"/{SERVICE_NAME}/",))
     limits = CallLimits(config.max_concurrent_rpcs, config.max_health_watch_streams, metrics)
     server = _grpc_server(config, metrics, inflight, limits)
     credentials = server_credentials(config)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gate = ServingGate()
-    engine = EmbeddingEngine(
-        bundle,
-        config,
-        observer=metrics,
-        session_factory=session_factory,
-        on_unhealthy=_not_serving_callback(health_servicer),
-        gate=gate,
-    )
-    cache = engine.cache
+    loader = ModelLoader(config, metrics, gate, session_factory, _not_serving_callback(health_servicer))
+    default = config.default_model or (models.bundles[0].manifest.name if models.bundles else "")
+    registry = ModelRegistry(loader, default, config.grace_period_s, on_removed=loader.unloaded)
+    cache = loader.cache
     metrics.watch_cache(cache.stats if cache is not None else lambda: None)
     try:
-        # The Explain RPC's graph (explain.onnx), if the bundle has one; it never touches the scheduler.
-        explainer = Explainer.for_bundle(bundle, config)
+        await registry.sync(models, strict=True)
     except BaseException:
-        engine.close_sync()
+        await registry.close()
         raise
-    engine.start()
-    service = EmbedderService(engine, metrics, explainer=explainer, config=config, gate=gate)
+    if not registry.entries():
+        raise ConfigError("no model to serve: the model repository holds no bundle")
+    service = EmbedderService(
+        registry, metrics, config, gate, reload=lambda: reload_models(registry, sources)
+    )
     add_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = _bind(server, config, credentials)
     except ConfigError:
-        await engine.close()
-        if explainer is not None:
-            explainer.close()
+        await registry.close()
         raise
     await server.start()
     metrics_port = (
@@ -214,14 +254,14 @@ async def create_server(
         server,
         port,
         metrics_port,
-        engine,
-        explainer,
+        registry,
         service,
         health_servicer,
         metrics,
         inflight,
         gate,
         limits,
+        sources,
     )
 
 
@@ -232,21 +272,31 @@ async def serve(config: ServerConfig, bundle: Bundle | None = None) -> None:
     # What start-up loaded lives as long as the process: keep it out of the collector's full passes,
     # which otherwise stall the event loop (~45 ms measured under load; docs/operations.md).
     gc.freeze()
+    # One token before "on port": scripts and tests read the ports from this line.
     log.info(
-        "serving %s on port %d (metrics port %s, %d workers) after %.2fs",
-        running.engine.manifest.name,
+        "serving %s on port %d (metrics port %s, %d workers per model) after %.2fs; loaded: %s",
+        running.registry.resolve("").key,
         running.port,
         running.metrics_port,
         running.engine.workers,
         time.monotonic() - started,
+        running.registry.describe(),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[SyncReport]] = set()
+
+    def reload() -> None:  # SIGHUP: roll to what the repository holds now, without a restart
+        task = loop.create_task(running.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await running.stop(config.grace_period_s)

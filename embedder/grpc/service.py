@@ -1,8 +1,10 @@
-"""The gRPC Embedder servicer: routes calls to the engine and explainer, counts them, answers them.
+"""The gRPC Embedder servicer: routes each call to the model version it names (the registry), counts it,
+answers it.
 
 Translation protobuf <-> core is in `translate.py`; the error -> status map in `status.py`; the drain
-state is the core's `ServingGate`, shared with the engine. Unexpected errors become INTERNAL with a
-request id; the trace goes to the log, never to the caller.
+state is the core's `ServingGate`, shared with the engines. A call holds a `Lease` on its version while
+it runs, so a version removed by a rollout drains it before closing. Unexpected errors become INTERNAL
+with a request id; the trace goes to the log, never to the caller.
 
 `requests_total` counts what the caller got (issue 14, defect 6): a call whose deadline passed (in the
 queue, or while gRPC cancelled it) is DEADLINE_EXCEEDED, not CANCELLED; an answer ready only after the
@@ -24,13 +26,14 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from embedder.config import ServerConfig
-from embedder.core.engine import EmbeddingEngine
 from embedder.core.gate import ServingGate
+from embedder.core.registry import ModelRegistry, SyncReport
 from embedder.errors import DeadlineExceededError, InvalidInputError, NotSupportedError, ShuttingDownError
-from embedder.explain.explainer import Explainer, unsupported_message
+from embedder.explain.explainer import unsupported_message
 from embedder.grpc import translate
+from embedder.grpc.served import ServedModel
 from embedder.grpc.status import status_for
-from embedder.metrics import Metrics
+from embedder.metrics import NO_MODEL, Metrics
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -47,12 +50,23 @@ _DEADLINE_SLACK_S = 0.02
 
 
 @dataclass
+class _Call:
+    """One call (or stream message) being answered: what its metrics are labelled and timed with."""
+
+    method: str
+    request_id: str
+    started: float
+    deadline: float | None
+    model: str = NO_MODEL  # "name@version" once the registry has chosen the version
+
+
+@dataclass
 class _Outcome:
     """One stream message's answer, counted under `code` once it has been handed to the transport."""
 
     response: pb.EmbedResponse
     code: str
-    started: float
+    call: _Call
 
 
 def _lenient(kind: type[Message]) -> Any:
@@ -92,34 +106,39 @@ def add_to_server(service: EmbedderService, server: grpc.aio.Server) -> None:
             request_deserializer=_lenient(pb.ExplainRequest),
             response_serializer=pb.ExplainResponse.SerializeToString,
         ),
+        "ReloadModels": grpc.unary_unary_rpc_method_handler(
+            service.ReloadModels,
+            request_deserializer=_lenient(pb.ReloadModelsRequest),
+            response_serializer=pb.ReloadModelsResponse.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
 
 class EmbedderService(pb_grpc.EmbedderServicer):
-    """Embed, EmbedStream, GetModelInfo, Explain over one `EmbeddingEngine` (and its explainer, if any)."""
+    """Embed, EmbedStream, GetModelInfo, Explain, ReloadModels over a registry of model versions."""
 
     def __init__(
         self,
-        engine: EmbeddingEngine,
+        registry: ModelRegistry[ServedModel],
         metrics: Metrics,
+        config: ServerConfig,
+        gate: ServingGate,
         *,
-        explainer: Explainer | None = None,
-        config: ServerConfig | None = None,
-        gate: ServingGate | None = None,
+        reload: Callable[[], Awaitable[SyncReport]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`clock` is the engine's (`time.monotonic`): deadlines are compared on it (a test seam)."""
+        """`reload` rolls the registry to its sources (ReloadModels); `clock` is the engines'
+        (`time.monotonic`): deadlines are compared on it (a test seam)."""
         self.clock = clock
         self._released: asyncio.Event | None = None  # refusals wait while it is clear
-        self._engine = engine
-        self._explainer = explainer
-        self._config = config or engine.config
+        self._registry = registry
+        self._reload = reload
+        self._config = config
         self._metrics = metrics
-        self._gate = gate or engine.gate
+        self._gate = gate
         self._stream_readers: set[asyncio.Task[None]] = set()
-        self._model_info = translate.model_info(engine, self._config, explainer is not None)
         # When the server drains, open streams stop reading: their in-flight messages are answered,
         # then the stream ends with UNAVAILABLE.
         self._gate.on_close(self._stop_reading_streams)
@@ -147,17 +166,17 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     def _late(self, deadline: float | None) -> bool:
         return deadline is not None and self.clock() >= deadline
 
+    def _call(self, method: str, request_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> _Call:
+        return _Call(method, request_id, self.clock(), self._deadline(context))
+
     async def Embed(  # noqa: N802 (gRPC method name)
         self,
         request: pb.EmbedRequest | None,
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
-        started = self.clock()
-        request_id = translate.request_id_of(request)
-        deadline = self._deadline(context)
-        work = partial(self._embed, request, request_id, started, deadline)
-        response = await self._answer("Embed", work, context, request_id, started, deadline=deadline)
-        self._observe_ok("Embed", response, started)
+        call = self._call("Embed", translate.request_id_of(request), context)
+        response = await self._answer(call, partial(self._embed, request, call), context)
+        self._observe_ok(call, response)
         return response
 
     async def EmbedStream(  # noqa: N802 (gRPC method name)
@@ -185,7 +204,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
                 unsent = None
         finally:
             if unsent is not None:  # the caller went away before it could get this one
-                self._count_stream(_Outcome(unsent.response, self._gone_code(deadline), unsent.started))
+                self._count_stream(_Outcome(unsent.response, self._gone_code(deadline), unsent.call))
             reader.cancel()
             while not inflight.empty():
                 if (task := inflight.get_nowait()) is not None:
@@ -199,22 +218,20 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         request: pb.GetModelInfoRequest | None,
         context: grpc.aio.ServicerContext[pb.GetModelInfoRequest, pb.ModelInfo],
     ) -> pb.ModelInfo:
-        started = self.clock()
+        """The named (or default) model's facts and limits, and every loaded version in `models`."""
+        call = self._call("GetModelInfo", translate.request_id_of(None), context)
 
         async def info() -> pb.ModelInfo:
             if request is None:
                 raise InvalidInputError("request: not a valid GetModelInfoRequest")
-            return self._model_info
+            chosen = self._registry.resolve(request.model)
+            call.model = chosen.key
+            answer = self._model_info(chosen.model)
+            answer.models.extend(self._model_info(e.model) for e in self._registry.entries())
+            return answer
 
-        response = await self._answer(
-            "GetModelInfo",
-            info,
-            context,
-            translate.request_id_of(None),
-            started,
-            deadline=self._deadline(context),
-        )
-        self._metrics.observe_request("GetModelInfo", "OK", self.clock() - started)
+        response = await self._answer(call, info, context)
+        self._observe(call, "OK")
         return response
 
     async def Explain(  # noqa: N802 (gRPC method name)
@@ -223,15 +240,42 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         context: grpc.aio.ServicerContext[pb.ExplainRequest, pb.ExplainResponse],
     ) -> pb.ExplainResponse:
         """Token attribution (embedder/explain/): off the event loop, outside the scheduler."""
-        started = self.clock()
-        request_id = translate.request_id_of(request)
-        deadline = self._deadline(context)
-        work = partial(self._explain, request, request_id, started, deadline)
-        response = await self._answer("Explain", work, context, request_id, started, deadline=deadline)
-        self._metrics.observe_request("Explain", "OK", self.clock() - started)
+        call = self._call("Explain", translate.request_id_of(request), context)
+        response = await self._answer(call, partial(self._explain, request, call), context)
+        self._observe(call, "OK")
+        return response
+
+    async def ReloadModels(  # noqa: N802 (gRPC method name)
+        self,
+        request: pb.ReloadModelsRequest | None,
+        context: grpc.aio.ServicerContext[pb.ReloadModelsRequest, pb.ReloadModelsResponse],
+    ) -> pb.ReloadModelsResponse:
+        """Admin: roll to what the model sources hold now (the API-key interceptor guards it)."""
+        call = self._call("ReloadModels", translate.request_id_of(None), context)
+
+        async def reload() -> pb.ReloadModelsResponse:
+            if request is None:
+                raise InvalidInputError("request: not a valid ReloadModelsRequest")
+            if self._reload is None:
+                raise NotSupportedError("this server has no model sources to reload")
+            r = await self._reload()
+            return pb.ReloadModelsResponse(added=r.added, removed=r.removed, loaded=r.loaded, errors=r.errors)
+
+        response = await self._answer(call, reload, context)
+        self._observe(call, "OK")
         return response
 
     # -- internals ------------------------------------------------------------------------------------
+
+    def _model_info(self, served: ServedModel) -> pb.ModelInfo:
+        entry = self._registry.resolve(served.key)
+        return translate.model_info(
+            served.engine,
+            self._config,
+            served.explainer is not None,
+            is_default=self._registry.is_default(entry),
+            is_name_default=self._registry.is_name_default(entry),
+        )
 
     async def _abort_if_draining(
         self, context: grpc.aio.ServicerContext[Any, Any], deadline: float | None
@@ -260,14 +304,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         return "DEADLINE_EXCEEDED" if late else "CANCELLED"
 
     async def _answer(
-        self,
-        method: str,
-        work: Callable[[], Awaitable[R]],
-        context: grpc.aio.ServicerContext[Any, Any],
-        request_id: str,
-        started: float,
-        *,
-        deadline: float | None,
+        self, call: _Call, work: Callable[[], Awaitable[R]], context: grpc.aio.ServicerContext[Any, Any]
     ) -> R:
         """`work()`'s response for a unary call, once the gate lets it in, if it is ready before the
         deadline. A failure is counted under its status code and ends the call with that status and a
@@ -276,37 +313,40 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         try:
             self._gate.check()
             response = await work()
-            if self._late(deadline):  # gRPC may not have cancelled us yet: the caller has given up
+            if self._late(call.deadline):  # gRPC may not have cancelled us yet: the caller has given up
                 raise DeadlineExceededError(_LATE)
             return response
         except asyncio.CancelledError:
-            self._metrics.observe_request(method, self._gone_code(deadline), self.clock() - started)
+            self._observe(call, self._gone_code(call.deadline))
             raise
         except Exception as exc:
             if isinstance(exc, ShuttingDownError):
-                await self._until_released(deadline)
-            code, message = status_for(exc, request_id)
-            self._metrics.observe_request(method, code.name, self.clock() - started)
+                await self._until_released(call.deadline)
+            code, message = status_for(exc, call.request_id)
+            self._observe(call, code.name)
             await context.abort(code, message)
 
-    async def _explain(
-        self, raw: pb.ExplainRequest | None, request_id: str, started: float, deadline: float | None
-    ) -> pb.ExplainResponse:
+    async def _explain(self, raw: pb.ExplainRequest | None, call: _Call) -> pb.ExplainResponse:
         request = translate.explain_request(raw)
-        manifest = self._engine.manifest
-        if self._explainer is None:
-            raise NotSupportedError(unsupported_message(manifest))
-        options = translate.explain_options(request)
-        result = await self._explainer.run_async(request.query, request.candidate, options, deadline)
-        return translate.explain_response(result, request_id, manifest.name, started)
+        with self._registry.lease(request.model) as lease:
+            call.model = lease.entry.key
+            served = lease.model
+            if served.explainer is None:
+                raise NotSupportedError(unsupported_message(served.manifest))
+            options = translate.explain_options(request)
+            result = await served.explainer.run_async(
+                request.query, request.candidate, options, call.deadline
+            )
+        return translate.explain_response(result, call.request_id, served.manifest, call.started)
 
-    async def _embed(
-        self, raw: pb.EmbedRequest | None, request_id: str, started: float, deadline: float | None
-    ) -> pb.EmbedResponse:
+    async def _embed(self, raw: pb.EmbedRequest | None, call: _Call) -> pb.EmbedResponse:
         options, encoding = translate.embed_request(raw)
         assert raw is not None  # embed_request refuses None
-        result = await self._engine.embed(raw.texts, options, deadline)
-        return translate.embed_response(request_id, encoding, result, started, self._engine.manifest.name)
+        with self._registry.lease(raw.model) as lease:
+            call.model = lease.entry.key
+            engine = lease.model.engine
+            result = await engine.embed(raw.texts, options, call.deadline)
+        return translate.embed_response(call.request_id, encoding, result, call.started, engine.manifest)
 
     async def _read_stream(
         self,
@@ -335,29 +375,30 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     async def _stream_message(self, request: pb.EmbedRequest | None, deadline: float | None) -> _Outcome:
         """One stream message; failures become the message's `error` field, and the stream goes on.
         Counted by `EmbedStream` once sent (or here, if the caller left before it was ready)."""
-        started = self.clock()
-        request_id = translate.request_id_of(request)
+        call = _Call("EmbedStream", translate.request_id_of(request), self.clock(), deadline)
         try:
-            response = await self._embed(request, request_id, started, deadline)
+            response = await self._embed(request, call)
             if self._late(deadline):
                 raise DeadlineExceededError(_LATE)
         except asyncio.CancelledError:  # the caller cancelled the stream or its deadline passed
-            self._metrics.observe_request("EmbedStream", self._gone_code(deadline), self.clock() - started)
+            self._observe(call, self._gone_code(deadline))
             raise
         except Exception as exc:
-            code, message = status_for(exc, request_id)
+            code, message = status_for(exc, call.request_id)
             error = pb.Error(code=code.value[0], message=message)
-            return _Outcome(pb.EmbedResponse(request_id=request_id, error=error), code.name, started)
-        return _Outcome(response, "OK", started)
+            return _Outcome(pb.EmbedResponse(request_id=call.request_id, error=error), code.name, call)
+        return _Outcome(response, "OK", call)
 
     def _count_stream(self, outcome: _Outcome) -> None:
         if outcome.code == "OK":
-            self._observe_ok("EmbedStream", outcome.response, outcome.started)
+            self._observe_ok(outcome.call, outcome.response)
         else:
-            self._metrics.observe_request("EmbedStream", outcome.code, self.clock() - outcome.started)
+            self._observe(outcome.call, outcome.code)
 
-    def _observe_ok(self, method: str, response: pb.EmbedResponse, started: float) -> None:
-        self._metrics.observe_request(
-            method, "OK", self.clock() - started, items=response.count, tokens=response.total_tokens
-        )
-        self._metrics.queue_wait.observe(response.timing.queue_us / 1e6)
+    def _observe(self, call: _Call, code: str, items: int = 0, tokens: int = 0) -> None:
+        latency = self.clock() - call.started
+        self._metrics.observe_request(call.method, code, latency, items, tokens, model=call.model)
+
+    def _observe_ok(self, call: _Call, response: pb.EmbedResponse) -> None:
+        self._observe(call, "OK", response.count, response.total_tokens)
+        self._metrics.queue_wait.labels(model=call.model).observe(response.timing.queue_us / 1e6)

@@ -13,6 +13,8 @@ import grpc
 from embedder.errors import (
     DeadlineExceededError,
     InvalidInputError,
+    ModelNotFoundError,
+    ModelRemovedError,
     NotSupportedError,
     OverloadedError,
     ShuttingDownError,
@@ -28,6 +30,8 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (NotSupportedError, grpc.StatusCode.UNIMPLEMENTED),
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ModelRemovedError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 from embedder.config import ServerConfig
+from embedder.core.bundle import Manifest
 from embedder.core.engine import EmbeddingEngine, EmbedOptions, EmbedResult
 from embedder.errors import InvalidInputError
 from embedder.explain.attribution import WORD, TextAttribution
@@ -59,8 +60,9 @@ def embed_request(request: pb.EmbedRequest | None) -> tuple[EmbedOptions, int]:
 
 
 def embed_response(
-    request_id: str, encoding: int, result: EmbedResult, started: float, model: str
+    request_id: str, encoding: int, result: EmbedResult, started: float, manifest: Manifest
 ) -> pb.EmbedResponse:
+    """The vectors, and which model version (and bundle) produced them."""
     packed = pack(result.embeddings, encoding)
     count, dim = result.embeddings.shape
     return pb.EmbedResponse(
@@ -73,11 +75,20 @@ def embed_response(
         token_counts=result.token_counts,
         total_tokens=sum(result.token_counts),
         timing=timing(result.tokenize_s, result.queue_s, result.inference_s, started),
-        model=model,
+        model=manifest.name,
+        model_version=manifest.version,
+        bundle_sha256=manifest.sha256,
     )
 
 
-def model_info(engine: EmbeddingEngine, config: ServerConfig, supports_explain: bool) -> pb.ModelInfo:
+def model_info(
+    engine: EmbeddingEngine,
+    config: ServerConfig,
+    supports_explain: bool,
+    *,
+    is_default: bool = False,
+    is_name_default: bool = False,
+) -> pb.ModelInfo:
     m = engine.manifest
     limits = pb.ServerLimits(
         max_texts_per_request=config.max_texts_per_request,
@@ -102,6 +113,8 @@ def model_info(engine: EmbeddingEngine, config: ServerConfig, supports_explain: 
         limits=limits,
         encodings=list(ENCODINGS),
         supports_explain=supports_explain,
+        is_default=is_default,
+        is_name_default=is_name_default,
     )
 
 
@@ -122,7 +135,7 @@ def explain_options(request: pb.ExplainRequest) -> ExplainOptions:
 
 
 def explain_response(
-    result: ExplainResult, request_id: str, model: str, started: float
+    result: ExplainResult, request_id: str, manifest: Manifest, started: float
 ) -> pb.ExplainResponse:
     ex = result.explanation
     response = pb.ExplainResponse(
@@ -132,7 +145,9 @@ def explain_response(
         top_pairs=[
             pb.TokenPair(query_index=i, candidate_index=j, contribution=v) for i, j, v in ex.top_pairs
         ],
-        model=model,
+        model=manifest.name,
+        model_version=manifest.version,
+        bundle_sha256=manifest.sha256,
         dim=result.dim,
     )
     if ex.candidate is not None:

@@ -26,20 +26,22 @@ ATTRIBUTION_KIND_SPECIAL: AttributionKind
 ATTRIBUTION_KIND_BIAS: AttributionKind
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("texts", "normalize", "dimensions", "truncate", "encoding", "request_id")
+    __slots__ = ("texts", "normalize", "dimensions", "truncate", "encoding", "request_id", "model")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     normalize: bool
     dimensions: int
     truncate: bool
     encoding: Encoding
     request_id: str
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., truncate: _Optional[bool] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., truncate: _Optional[bool] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("tokenize_us", "queue_us", "inference_us", "total_us")
@@ -62,7 +64,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("request_id", "dim", "count", "encoding", "embeddings", "scales", "token_counts", "total_tokens", "timing", "model", "error")
+    __slots__ = ("request_id", "dim", "count", "encoding", "embeddings", "scales", "token_counts", "total_tokens", "timing", "model", "error", "model_version", "bundle_sha256")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +76,8 @@ class EmbedResponse(_message.Message):
     TIMING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     dim: int
     count: int
@@ -85,11 +89,15 @@ class EmbedResponse(_message.Message):
     timing: Timing
     model: str
     error: Error
-    def __init__(self, request_id: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., embeddings: _Optional[bytes] = ..., scales: _Optional[_Iterable[float]] = ..., token_counts: _Optional[_Iterable[int]] = ..., total_tokens: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    model_version: str
+    bundle_sha256: str
+    def __init__(self, request_id: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., embeddings: _Optional[bytes] = ..., scales: _Optional[_Iterable[float]] = ..., token_counts: _Optional[_Iterable[int]] = ..., total_tokens: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., model_version: _Optional[str] = ..., bundle_sha256: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_texts_per_request", "max_text_chars", "max_batch_items", "max_batch_tokens", "max_wait_ms", "max_queued_items", "max_receive_message_bytes", "workers")
@@ -112,7 +120,7 @@ class ServerLimits(_message.Message):
     def __init__(self, max_texts_per_request: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_batch_items: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., max_queued_items: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "dim", "max_tokens", "matryoshka_dims", "parameters", "architecture", "metrics", "sha256", "limits", "encodings", "supports_explain")
+    __slots__ = ("name", "version", "dim", "max_tokens", "matryoshka_dims", "parameters", "architecture", "metrics", "sha256", "limits", "encodings", "supports_explain", "models", "is_default", "is_name_default")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +140,9 @@ class ModelInfo(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    IS_NAME_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     dim: int
@@ -144,23 +155,28 @@ class ModelInfo(_message.Message):
     limits: ServerLimits
     encodings: _containers.RepeatedScalarFieldContainer[Encoding]
     supports_explain: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dim: _Optional[int] = ..., max_tokens: _Optional[int] = ..., matryoshka_dims: _Optional[_Iterable[int]] = ..., parameters: _Optional[int] = ..., architecture: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sha256: _Optional[str] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., encodings: _Optional[_Iterable[_Union[Encoding, str]]] = ..., supports_explain: _Optional[bool] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    is_default: bool
+    is_name_default: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dim: _Optional[int] = ..., max_tokens: _Optional[int] = ..., matryoshka_dims: _Optional[_Iterable[int]] = ..., parameters: _Optional[int] = ..., architecture: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sha256: _Optional[str] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., encodings: _Optional[_Iterable[_Union[Encoding, str]]] = ..., supports_explain: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., is_default: _Optional[bool] = ..., is_name_default: _Optional[bool] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("query", "candidate", "top_pairs", "truncate", "dimensions", "request_id")
+    __slots__ = ("query", "candidate", "top_pairs", "truncate", "dimensions", "request_id", "model")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     TOP_PAIRS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     query: str
     candidate: str
     top_pairs: int
     truncate: bool
     dimensions: int
     request_id: str
-    def __init__(self, query: _Optional[str] = ..., candidate: _Optional[str] = ..., top_pairs: _Optional[int] = ..., truncate: _Optional[bool] = ..., dimensions: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, query: _Optional[str] = ..., candidate: _Optional[str] = ..., top_pairs: _Optional[int] = ..., truncate: _Optional[bool] = ..., dimensions: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class TokenAttribution(_message.Message):
     __slots__ = ("text", "char_start", "char_end", "byte_start", "byte_end", "pieces", "contribution", "kind")
@@ -203,7 +219,7 @@ class TokenPair(_message.Message):
     def __init__(self, query_index: _Optional[int] = ..., candidate_index: _Optional[int] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("request_id", "similarity", "query", "candidate", "top_pairs", "timing", "model", "dim")
+    __slots__ = ("request_id", "similarity", "query", "candidate", "top_pairs", "timing", "model", "dim", "model_version", "bundle_sha256")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +228,8 @@ class ExplainResponse(_message.Message):
     TIMING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     similarity: float
     query: TextAttribution
@@ -220,4 +238,22 @@ class ExplainResponse(_message.Message):
     timing: Timing
     model: str
     dim: int
-    def __init__(self, request_id: _Optional[str] = ..., similarity: _Optional[float] = ..., query: _Optional[_Union[TextAttribution, _Mapping]] = ..., candidate: _Optional[_Union[TextAttribution, _Mapping]] = ..., top_pairs: _Optional[_Iterable[_Union[TokenPair, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...
+    model_version: str
+    bundle_sha256: str
+    def __init__(self, request_id: _Optional[str] = ..., similarity: _Optional[float] = ..., query: _Optional[_Union[TextAttribution, _Mapping]] = ..., candidate: _Optional[_Union[TextAttribution, _Mapping]] = ..., top_pairs: _Optional[_Iterable[_Union[TokenPair, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., model_version: _Optional[str] = ..., bundle_sha256: _Optional[str] = ...) -> None: ...
+
+class ReloadModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadModelsResponse(_message.Message):
+    __slots__ = ("added", "removed", "loaded", "errors")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    added: _containers.RepeatedScalarFieldContainer[str]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    loaded: _containers.RepeatedScalarFieldContainer[str]
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., loaded: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class EmbedderStub:
                 request_serializer=embedder_dot_v1_dot_embedder__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=embedder_dot_v1_dot_embedder__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.ReloadModels = channel.unary_unary(
+                '/streamrec.embedder.v1.Embedder/ReloadModels',
+                request_serializer=embedder_dot_v1_dot_embedder__pb2.ReloadModelsRequest.SerializeToString,
+                response_deserializer=embedder_dot_v1_dot_embedder__pb2.ReloadModelsResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -85,6 +90,15 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadModels(self, request, context):
+        """Admin: re-scan the model repository (as SIGHUP does): new versions are loaded and warmed before they
+        take traffic, removed ones drain their accepted calls before they close. Needs an API key when the
+        server has keys (as every method but health does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +121,11 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=embedder_dot_v1_dot_embedder__pb2.ExplainRequest.FromString,
                     response_serializer=embedder_dot_v1_dot_embedder__pb2.ExplainResponse.SerializeToString,
+            ),
+            'ReloadModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModels,
+                    request_deserializer=embedder_dot_v1_dot_embedder__pb2.ReloadModelsRequest.FromString,
+                    response_serializer=embedder_dot_v1_dot_embedder__pb2.ReloadModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +236,33 @@ class Embedder:
             '/streamrec.embedder.v1.Embedder/Explain',
             embedder_dot_v1_dot_embedder__pb2.ExplainRequest.SerializeToString,
             embedder_dot_v1_dot_embedder__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.embedder.v1.Embedder/ReloadModels',
+            embedder_dot_v1_dot_embedder__pb2.ReloadModelsRequest.SerializeToString,
+            embedder_dot_v1_dot_embedder__pb2.ReloadModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

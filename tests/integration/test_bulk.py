@@ -204,3 +204,25 @@ def test_usage_errors(bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixt
         main(["embed-file", str(empty), "--out", str(tmp_path / "z.npy"), "--bundle", str(bundle.path)]) == 0
     )
     assert np.load(tmp_path / "z.npy").shape == (0, 384) and read_ids(tmp_path / "z.npy") == []
+
+
+def test_model_picks_the_version_through_a_server_and_in_process(
+    start_server: Callable[..., ServerThread],
+    bundle: Bundle,
+    bundle_v2: Bundle,
+    reference: EmbeddingEngine,
+    tmp_path: Path,
+) -> None:
+    server = start_server([bundle, bundle_v2])  # the default is v2; --model pins v1
+    catalogue = tmp_path / "c.jsonl"
+    _, texts = write_catalogue(catalogue, 120, seed=4)
+    pinned = f"{bundle.manifest.name}@{bundle.manifest.version}"
+    remote, local = tmp_path / "remote.npy", tmp_path / "local.npy"
+    common = ["--no-progress", "--model", pinned]
+    assert (
+        main(["embed-file", str(catalogue), "--out", str(remote), "--address", server.address, *common]) == 0
+    )
+    both = ["--bundle", str(bundle_v2.path), "--bundle", str(bundle.path), "--workers", "1"]
+    assert main(["embed-file", str(catalogue), "--out", str(local), *both, *common]) == 0
+    for out in (remote, local):
+        np.testing.assert_allclose(np.load(out), in_process(reference, texts), atol=1e-5)

@@ -167,7 +167,8 @@ def test_bundle_without_explain_answers_unimplemented(
         assert "does not support Explain" in err.details() and bundle.manifest.name in err.details()
         assert stub.Embed(pb.EmbedRequest(texts=["still serving"]), timeout=10).count == 1
     metrics = urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode()
-    assert 'streamrec_embedder_requests_total{code="UNIMPLEMENTED",method="Explain"} 1.0' in metrics
+    key = f"{bundle.manifest.name}@{bundle.manifest.version}"
+    assert f'requests_total{{code="UNIMPLEMENTED",method="Explain",model="{key}"}} 1.0' in metrics
 
 
 def test_model_info_says_explain_is_supported(stub: pb_grpc.EmbedderStub) -> None:

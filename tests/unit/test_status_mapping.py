@@ -11,6 +11,8 @@ from embedder.errors import (
     DeadlineExceededError,
     InferenceError,
     InvalidInputError,
+    ModelNotFoundError,
+    ModelRemovedError,
     OverloadedError,
     ShuttingDownError,
 )
@@ -24,6 +26,8 @@ from embedder.grpc.status import status_for
         (OverloadedError("queue full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (DeadlineExceededError("late"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (ShuttingDownError("draining"), grpc.StatusCode.UNAVAILABLE),
+        (ModelNotFoundError("model 'x': not loaded"), grpc.StatusCode.NOT_FOUND),
+        (ModelRemovedError("m@1 was removed"), grpc.StatusCode.FAILED_PRECONDITION),
     ],
 )
 def test_known_errors_keep_their_message(exc: Exception, code: grpc.StatusCode) -> None:
