@@ -137,7 +137,7 @@ def run_overhead(
         with server_process(bundle_dir, batch_log=log_path, **(server_flags or {})) as server:
             window = Window(seconds, warmup_s=1.0, min_requests=20, max_seconds=4 * seconds)
             served = closed_loop(server.address, requests, callers, window, cpu_pid=server.proc.pid)
-        batches = list(read_batch_log(log_path))
+        batches = list(read_batch_log(log_path, bundle.manifest.sha256))
     if not batches:
         raise RuntimeError("the server logged no batch")
     workers = ServerConfig().resolved_workers()
