@@ -3,18 +3,32 @@
 A request on its way (being tokenized) reserves its queue slots up front, so an overloaded server refuses
 it at once, before spending CPU on it. The same count tells the scheduler whether texts are on their way,
 which is what makes waiting for batch-mates worth it. Pure bookkeeping: `Scheduler.reserve` wraps it in a
-`Reservation`, the one object a caller holds.
+`Reservation` (here), the one object a caller holds.
 
 Tokenizing is work too: two callers sending 512 long texts each used to keep the tokenizer threads busy
 for seconds while the queue stayed empty and nothing was refused (issue 14, defect 2). A reservation
 therefore also holds the characters it will tokenize (the tokenizer's estimate: at most a prefix per
 text), and the characters reserved but not yet tokenized stay within `max_tokenizing_chars`. A request
-is always admitted when nothing else waits for the tokenizer, so no single request is refused forever.
+is always admitted when nothing else waits for the tokenizer, so no single request is refused forever,
+and a small one always, so that a flood of long texts cannot get short calls refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
 from embedder.errors import OverloadedError
+
+FloatArray = npt.NDArray[np.float32]
+
+# Requests tokenizing at most this many characters (e.g. 8 texts of 500) pass the backlog bound.
+SMALL_REQUEST_CHARS = 4096
 
 
 class Admission:
@@ -37,7 +51,11 @@ class Admission:
             )
 
     def check_chars(self, chars: int) -> None:
-        """Raise `OverloadedError` if tokenizing `chars` more would exceed the tokenizer backlog bound."""
+        """Raise `OverloadedError` if tokenizing `chars` more would exceed the tokenizer backlog bound.
+        A small request (at most SMALL_REQUEST_CHARS) is never refused for it: the bound is there to
+        stop floods of long texts, not the short calls they would otherwise starve."""
+        if chars <= SMALL_REQUEST_CHARS:
+            return
         if self.max_chars and self.chars > 0 and self.chars + chars > self.max_chars:
             raise OverloadedError(
                 f"tokenizer busy: {self.chars} characters waiting to be tokenized, {chars} more would "
@@ -61,3 +79,63 @@ class Admission:
         """The request came (its texts are queued now) or will not come: its reservation ends."""
         self.reserved -= items
         self.arriving -= 1
+
+
+@dataclass
+class BatchResult:
+    embeddings: FloatArray
+    queue_s: float
+    inference_s: float
+
+
+class Reservation:
+    """Queue slots (and characters to tokenize) held for one request on its way. Submit through it, or
+    leave the `with` block to give the slots back; either ends the reservation exactly once."""
+
+    def __init__(self, scheduler: Holder, items: int, chars: int = 0) -> None:
+        self._scheduler = scheduler
+        self.items = items
+        self.chars = chars
+        self._open = True
+
+    def tokenized(self) -> None:
+        """The request's texts are tokenized (or never will be): its characters leave the tokenizer's
+        backlog (idempotent; `release` and `submit` do it too)."""
+        if self.chars:
+            self._scheduler._untokenize(self.chars)
+            self.chars = 0
+
+    def release(self) -> None:
+        """Give the slots back (idempotent): the request will not come."""
+        self.tokenized()
+        if self._open:
+            self._open = False
+            self._scheduler._settle(self.items)
+
+    async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
+        """Queue the request's token rows; return its embeddings in input order.
+
+        `deadline` is on the scheduler's clock (`time.monotonic` by default).
+        """
+        if not self._open:
+            raise RuntimeError("this reservation was already used or released")
+        self.release()
+        return await self._scheduler._enqueue(rows, deadline)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class Holder(Protocol):
+    """The scheduler's side of a `Reservation`."""
+
+    def _untokenize(self, chars: int) -> None: ...
+
+    def _settle(self, items: int) -> None: ...
+
+    async def _enqueue(self, rows: Sequence[list[int]], deadline: float | None) -> BatchResult: ...

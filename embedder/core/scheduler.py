@@ -21,13 +21,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from embedder.core.admission import Admission
+from embedder.core.admission import Admission, BatchResult, Reservation
 from embedder.core.queue import (
     DROP_CANCELLED,
     DROP_DEADLINE,
@@ -84,56 +83,6 @@ class BatchLimits:
         return QueueLimits(
             self.max_batch_items, self.max_batch_tokens, self.max_wait_ms, self.min_padding_efficiency
         )
-
-
-@dataclass
-class BatchResult:
-    embeddings: FloatArray
-    queue_s: float
-    inference_s: float
-
-
-class Reservation:
-    """Queue slots (and characters to tokenize) held for one request on its way. Submit through it, or
-    leave the `with` block to give the slots back; either ends the reservation exactly once."""
-
-    def __init__(self, scheduler: Scheduler, items: int, chars: int = 0) -> None:
-        self._scheduler = scheduler
-        self.items = items
-        self.chars = chars
-        self._open = True
-
-    def tokenized(self) -> None:
-        """The request's texts are tokenized (or never will be): its characters leave the tokenizer's
-        backlog (idempotent; `release` and `submit` do it too)."""
-        if self.chars:
-            self._scheduler._admission.tokenized(self.chars)
-            self.chars = 0
-
-    def release(self) -> None:
-        """Give the slots back (idempotent): the request will not come."""
-        self.tokenized()
-        if self._open:
-            self._open = False
-            self._scheduler._settle(self.items)
-
-    async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
-        """Queue the request's token rows; return its embeddings in input order.
-
-        `deadline` is on the scheduler's clock (`time.monotonic` by default).
-        """
-        if not self._open:
-            raise RuntimeError("this reservation was already used or released")
-        self.release()
-        return await self._scheduler._enqueue(rows, deadline)
-
-    def __enter__(self) -> Reservation:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
 
 
 class Scheduler:
@@ -193,6 +142,9 @@ class Scheduler:
     async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
         """Queue a request that was never announced (nothing to wait for): `reserve` + `submit` in one."""
         return await self.reserve(len(rows)).submit(rows, deadline)
+
+    def _untokenize(self, chars: int) -> None:
+        self._admission.tokenized(chars)
 
     def _settle(self, items: int) -> None:
         self._admission.settle(items)
