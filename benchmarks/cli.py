@@ -6,6 +6,7 @@ streamrec-bench --models cnn,minilm-fp32 --bundle DIR --rounds 2 --run-id NAME -
 streamrec-bench --resume RUN_ID    finish an interrupted run (finished phases are kept)
 streamrec-bench serving --bundle models/streamrec-cnn-v1 [--rounds 2] [--seconds 5] [--out FILE.json]
 streamrec-bench baselines [--rebuild]   build the MiniLM fp32/int8 and model2vec bundles into the cache
+streamrec-bench mixed-attack [--seconds 60]   normal load under a Watch + long-text flood (issue 14)
 streamrec-bench overhead --bundle DIR [--callers 64] [--seconds 5]   server vs model on its own batches
 streamrec-bench cache --bundle DIR [--cache-mb 256] [--distinct 100000]   the cache on Zipf / unique streams
 streamrec-bench infinity [--callers 8]   the Infinity peer (make infinity-venv) vs our server, same texts
@@ -80,6 +81,23 @@ def _add_baselines(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = sub.add_parser("baselines", help="build (or check) the cached baseline bundles ahead of a run")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when a valid bundle is cached")
     p.set_defaults(run=_run_baselines)
+
+
+def _run_mixed_attack(args: argparse.Namespace) -> int:
+    from benchmarks.mixed_attack import main as mixed_attack  # lazy: keeps `--help` fast
+
+    return mixed_attack(args.bundle, args.seconds, args.out, args.baseline_seconds)
+
+
+def _add_mixed_attack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "mixed-attack", help="normal keyed load under a Watch flood + long-text flood: p99, RSS, health"
+    )
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"bundle directory (default {DEFAULT_BUNDLE})")
+    p.add_argument("--seconds", type=float, default=60.0, help="length of the attack (default 60)")
+    p.add_argument("--baseline-seconds", type=float, default=10.0, help="unloaded phase (default 10)")
+    p.add_argument("--out", help="also write the JSON report here")
+    p.set_defaults(run=_run_mixed_attack)
 
 
 def _run_overhead(args: argparse.Namespace) -> int:
@@ -190,6 +208,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
     _add_overhead,
     _add_cache,
     _add_infinity,
+    _add_mixed_attack,
 ]
 
 

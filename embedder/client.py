@@ -2,11 +2,11 @@
 
 `embed(texts)` returns a float32 numpy array [len(texts), dim]. It splits long lists into requests of at
 most the server's `max_texts_per_request` (asked once via GetModelInfo), runs them concurrently over
-several server addresses in round-robin, and retries UNAVAILABLE / RESOURCE_EXHAUSTED with exponential
-backoff and full jitter, all within one overall deadline per `embed` call. Other errors raise
-`grpc.RpcError` at once. `model="name@version"` pins a model version (vectors of two versions live in
-different spaces); `model_info().models` lists what the server has loaded. TLS, mTLS and an API key:
-pass `security=ChannelSecurity(...)` (channel.py).
+several server addresses in round-robin, and retries UNAVAILABLE / RESOURCE_EXHAUSTED (and a CANCELLED
+it did not ask for) with exponential backoff and full jitter, all within one overall deadline per `embed`
+call. Other errors raise `grpc.RpcError` at once. `model="name@version"` pins a model version (vectors of
+two versions live in different spaces); `model_info().models` lists what the server has loaded. TLS, mTLS
+and an API key: pass `security=ChannelSecurity(...)` (channel.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
 FloatArray = npt.NDArray[np.float32]
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# CANCELLED too: these clients never cancel a call themselves (their own deadline is DEADLINE_EXCEEDED,
+# a cancelled asyncio task raises CancelledError), so a CANCELLED status comes from the far end: a server
+# whose gRPC stop cut off a call that had just arrived (a rolling restart). Embed and GetModelInfo are
+# idempotent, so trying again elsewhere is safe.
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -38,6 +38,9 @@ class ServerConfig:
     # outside sets metrics_host=0.0.0.0 and restricts who reaches the port (docs/operations.md).
     metrics_port: int = 9000
     metrics_host: str = "127.0.0.1"
+    # The OpenAI-compatible HTTP front (docs/http.md): -1 = off (the default), 0 = any free port.
+    http_port: int = -1
+    http_host: str = "[::]"
     # Inference workers, each with its own ONNX session (0 = one per core).
     workers: int = 0
     intra_op_threads: int = 1
@@ -130,9 +133,12 @@ class ServerConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (got {getattr(self, name)})")
-        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
+        if not 0 <= self.port <= 65535 or not all(
+            -1 <= p <= 65535 for p in (self.metrics_port, self.http_port)
+        ):
             raise ConfigError(
-                f"port and metrics_port must be valid ports (got {self.port}, {self.metrics_port})"
+                f"port, metrics_port and http_port must be valid ports "
+                f"(got {self.port}, {self.metrics_port}, {self.http_port})"
             )
         if self.inference_timeout_s <= 0:
             raise ConfigError(f"inference_timeout_s must be > 0 (got {self.inference_timeout_s})")

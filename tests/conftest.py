@@ -30,12 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip (or under CI=true fail) a test whose prerequisite is missing, before its fixtures start."""
-    for marker in PREREQUISITES:
-        reason = missing(marker) if item.get_closest_marker(marker) else ""
-        if reason and in_ci():
-            pytest.fail(f"CI=true and a prerequisite is missing: {reason}", pytrace=False)
-        if reason:
-            pytest.skip(reason)
+    reasons = [missing(m) for m in PREREQUISITES if item.get_closest_marker(m) and missing(m)]
+    if reasons and in_ci():
+        pytest.fail(f"CI=true and a prerequisite is missing: {'; '.join(reasons)}", pytrace=False)
+    if reasons:
+        pytest.skip("; ".join(reasons))
 
 
 @pytest.fixture(scope="session")

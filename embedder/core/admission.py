@@ -9,7 +9,8 @@ Tokenizing is work too: two callers sending 512 long texts each used to keep the
 for seconds while the queue stayed empty and nothing was refused (issue 14, defect 2). A reservation
 therefore also holds the characters it will tokenize (the tokenizer's estimate: at most a prefix per
 text), and the characters reserved but not yet tokenized stay within `max_tokenizing_chars`. A request
-is always admitted when nothing else waits for the tokenizer, so no single request is refused forever.
+is always admitted when nothing else waits for the tokenizer, so no single request is refused forever,
+and a small one always, so that a flood of long texts cannot get short calls refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import numpy.typing as npt
 from embedder.errors import OverloadedError
 
 FloatArray = npt.NDArray[np.float32]
+
+# Requests tokenizing at most this many characters (e.g. 8 texts of 500) pass the backlog bound.
+SMALL_REQUEST_CHARS = 4096
 
 
 class Admission:
@@ -47,7 +51,11 @@ class Admission:
             )
 
     def check_chars(self, chars: int) -> None:
-        """Raise `OverloadedError` if tokenizing `chars` more would exceed the tokenizer backlog bound."""
+        """Raise `OverloadedError` if tokenizing `chars` more would exceed the tokenizer backlog bound.
+        A small request (at most SMALL_REQUEST_CHARS) is never refused for it: the bound is there to
+        stop floods of long texts, not the short calls they would otherwise starve."""
+        if chars <= SMALL_REQUEST_CHARS:
+            return
         if self.max_chars and self.chars > 0 and self.chars + chars > self.max_chars:
             raise OverloadedError(
                 f"tokenizer busy: {self.chars} characters waiting to be tokenized, {chars} more would "

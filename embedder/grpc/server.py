@@ -36,6 +36,7 @@ from embedder.grpc.drain import InflightTracker
 from embedder.grpc.limits import CallLimits
 from embedder.grpc.served import ModelLoader, ServedModel
 from embedder.grpc.service import SERVICE_NAME, EmbedderService, add_to_server
+from embedder.http.app import HttpFront, start_http_front
 from embedder.metrics import Metrics
 
 __all__ = ["SERVICE_NAME", "RunningServer", "create_server", "serve"]
@@ -64,6 +65,7 @@ class RunningServer:
     gate: ServingGate
     limits: CallLimits
     sources: Callable[[], ModelSet]
+    http: HttpFront | None = None
     _stopped: bool = False
 
     @property
@@ -78,6 +80,10 @@ class RunningServer:
     async def reload(self) -> SyncReport:
         """Re-read the model sources (repository or bundles) and roll the registry to them."""
         return await reload_models(self.registry, self.sources)
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING -> refuse new calls -> let accepted calls finish (up to `grace_s`) -> release."""
@@ -110,6 +116,8 @@ class RunningServer:
         await _stop_begun(self.server)
         self.service.release_refusals()
         await stopping
+        if self.http is not None:  # closed by the gate since the drain began: it only finishes requests
+            await self.http.stop()
         await self.registry.close()
         self.metrics.stop_http()
         counts = ", ".join(f"{m} {c}={n}" for (m, c), n in sorted(self.metrics.request_counts().items()))
@@ -135,11 +143,13 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-def _not_serving_callback(health_servicer: Any) -> Callable[[], None]:
-    """Thread-safe: flips health to NOT_SERVING (inference can no longer be trusted; restart me)."""
+def _not_serving_callback(health_servicer: Any, healthy: list[bool]) -> Callable[[], None]:
+    """Thread-safe: flips health to NOT_SERVING (inference can no longer be trusted; restart me), and
+    `healthy[0]` to False for the HTTP front's readiness."""
     loop = asyncio.get_running_loop()
 
     async def flip() -> None:
+        healthy[0] = False
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -147,6 +157,23 @@ def _not_serving_callback(health_servicer: Any) -> Callable[[], None]:
         asyncio.run_coroutine_threadsafe(flip(), loop)
 
     return callback
+
+
+async def _http_front(
+    config: ServerConfig,
+    registry: ModelRegistry[ServedModel],
+    metrics: Metrics,
+    gate: ServingGate,
+    healthy: list[bool],
+) -> HttpFront | None:
+    """The OpenAI-compatible front on `http_port` (-1 = none), with the same API keys as gRPC."""
+    if config.http_port < 0:
+        return None
+    keys = load_api_keys(config)
+    authorized = ApiKeyInterceptor(keys).authorized if keys else None
+    return await start_http_front(
+        config, registry, metrics, gate, ready=lambda: healthy[0], authorized=authorized
+    )
 
 
 def _grpc_server(
@@ -239,7 +266,10 @@ async def create_server(
     credentials = server_credentials(config)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gate = ServingGate()
-    loader = ModelLoader(config, metrics, gate, session_factory, _not_serving_callback(health_servicer))
+    healthy = [True]
+    loader = ModelLoader(
+        config, metrics, gate, session_factory, _not_serving_callback(health_servicer, healthy)
+    )
     registry = await _load_models(config, models, loader, metrics)
     service = EmbedderService(
         registry, metrics, config, gate, reload=lambda: reload_models(registry, sources)
@@ -249,6 +279,7 @@ async def create_server(
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = _bind(server, config, credentials)
+        http = await _http_front(config, registry, metrics, gate, healthy)
     except ConfigError:
         await registry.close()
         raise
@@ -270,6 +301,7 @@ async def create_server(
         gate,
         limits,
         sources,
+        http,
     )
 
 
@@ -282,10 +314,11 @@ async def serve(config: ServerConfig, bundle: Bundle | None = None) -> None:
     gc.freeze()
     # One token before "on port": scripts and tests read the ports from this line.
     log.info(
-        "serving %s on port %d (metrics port %s, %d workers per model) after %.2fs; loaded: %s",
+        "serving %s on port %d (metrics port %s, http port %s, %d workers per model) after %.2fs; loaded: %s",
         running.registry.resolve("").key,
         running.port,
         running.metrics_port,
+        running.http_port,
         running.engine.workers,
         time.monotonic() - started,
         running.registry.describe(),

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from embedder.client import AsyncEmbedderClient, ClientOptions, EmbedderClient
 from embedder.core.engine import EmbeddingEngine
 from embedder.v1 import embedder_pb2 as pb
+from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support import ServerThread, embed_reference, sample_texts
 
 
@@ -46,6 +48,41 @@ def test_retries_unavailable_on_the_next_address(server: ServerThread, reference
         for _ in range(4):  # every other attempt hits the dead address first
             got = client.embed(["round robin"])
     np.testing.assert_allclose(got, embed_reference(reference, ["round robin"]), atol=1e-5)
+
+
+class CancellingServicer(pb_grpc.EmbedderServicer):
+    """A replica whose gRPC stop cut the call off: every call ends CANCELLED."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:  # noqa: N802
+        self.calls += 1
+        context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        raise AssertionError("unreachable")
+
+    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:  # noqa: N802
+        self.calls += 1
+        context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        raise AssertionError("unreachable")
+
+
+def test_retries_a_cancelled_it_did_not_ask_for(server: ServerThread, reference: EmbeddingEngine) -> None:
+    """Issue 14, rolling restart: a stopping replica's gRPC can end a just-arrived call CANCELLED, which
+    the client used to raise. Embed is idempotent: it tries the next address."""
+    stopping = grpc.server(ThreadPoolExecutor(2))
+    servicer = CancellingServicer()
+    pb_grpc.add_EmbedderServicer_to_server(servicer, stopping)  # type: ignore[no-untyped-call]
+    port = stopping.add_insecure_port("127.0.0.1:0")
+    stopping.start()
+    try:
+        options = ClientOptions(backoff_initial_s=0.01, timeout_s=20, max_texts_per_request=8)
+        with EmbedderClient([f"127.0.0.1:{port}", server.address], options) as client:
+            got = client.embed(["cut off once"])
+    finally:
+        stopping.stop(0)
+    assert servicer.calls >= 1  # it was tried, and its CANCELLED retried elsewhere
+    np.testing.assert_allclose(got, embed_reference(reference, ["cut off once"]), atol=1e-5)
 
 
 def test_gives_up_after_max_attempts() -> None:

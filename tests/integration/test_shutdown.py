@@ -25,7 +25,7 @@ from embedder.core.engine import EmbeddingEngine
 from embedder.core.scheduler import Reservation
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
-from tests.hardening import server_process, tally
+from tests.hardening import sample, server_process, tally, wait_until
 from tests.support import ServerThread, embed_reference, sample_texts
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -58,14 +58,15 @@ def test_drain_order(start_server: Callable[..., ServerThread], reference: Embed
         stopping.result(timeout=10)
 
 
-def _wait_for_port(proc: subprocess.Popen[str], timeout_s: float = 30.0) -> int:
-    found: list[int] = []
+def _wait_for_port(proc: subprocess.Popen[str], timeout_s: float = 30.0) -> tuple[int, int]:
+    """(gRPC port, metrics port) from the serving log line."""
+    found: list[tuple[int, int]] = []
 
     def read() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            if m := re.search(r"serving .* on port (\d+)", line):
-                found.append(int(m.group(1)))
+            if m := re.search(r"serving .* on port (\d+) \(metrics port (\d+)", line):
+                found.append((int(m.group(1)), int(m.group(2))))
                 return
 
     reader = threading.Thread(target=read, daemon=True)
@@ -81,16 +82,19 @@ def _wait_for_port(proc: subprocess.Popen[str], timeout_s: float = 30.0) -> int:
 def test_signal_drains_and_exits_zero(bundle: Bundle, sig: signal.Signals) -> None:
     cmd = [sys.executable, "-m", "embedder.cli", "serve", "--bundle", str(bundle.path), "--host", "127.0.0.1"]
     # One worker and one text per batch make a 512-text call slow enough to be in flight at the signal.
-    cmd += ["--port", "0", "--metrics-port", "-1", "--workers", "1", "--max-batch-items", "1"]
-    cmd += ["--grace-period-s", "10"]
+    cmd += ["--port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--workers", "1"]
+    cmd += ["--max-batch-items", "1", "--grace-period-s", "10"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
-        port = _wait_for_port(proc)
+        port, metrics_port = _wait_for_port(proc)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch, ThreadPoolExecutor(1) as pool:
             stub = pb_grpc.EmbedderStub(ch)
             sent = time.monotonic()
             accepted = pool.submit(stub.Embed, pb.EmbedRequest(texts=sample_texts(512)), timeout=30)
-            time.sleep(0.05)
+            # Signal once the server holds the call (its texts queued), not after a guessed pause: on a
+            # loaded machine 50 ms did not always get the call there (issue 16).
+            queued = f"http://127.0.0.1:{metrics_port}/metrics"
+            wait_until(lambda: sample(queued, "streamrec_embedder_queue_items") > 0, what="the call queued")
             proc.send_signal(sig)
             signalled_after_s = time.monotonic() - sent
             resp = accepted.result(timeout=15)
@@ -124,6 +128,32 @@ def test_open_stream_is_ended_with_unavailable_on_drain(start_server: Callable[.
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         outbox.put(None)
         stopping.result(timeout=10)
+
+
+def test_health_watch_streams_are_ended_with_unavailable_on_drain(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """Watch streams never end by themselves; the drain ends them (NOT_SERVING, then UNAVAILABLE) so
+    gRPC's graceful stop need not wait its whole grace for them, and their watchers learn why."""
+    srv = start_server(grace_period_s=5)
+    with grpc.insecure_channel(srv.address) as ch:
+        watches = [
+            health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            for _ in range(3)
+        ]
+        assert all(next(watch).status == SERVING for watch in watches)
+        started = time.monotonic()
+        srv.submit(srv.running.stop(5.0)).result(timeout=10)
+        stop_s = time.monotonic() - started
+        for watch in watches:
+            statuses = []
+            with pytest.raises(grpc.RpcError) as info:
+                for reply in watch:
+                    statuses.append(reply.status)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            assert "shutting down" in info.value.details()  # type: ignore[attr-defined]
+            assert statuses and set(statuses) == {NOT_SERVING}
+    assert stop_s < 4.0, stop_s  # not the 5 s grace: nothing was left to wait for
 
 
 DRAIN_CALLERS = 64
