@@ -107,8 +107,9 @@ class EmbeddingEngine:
             max_queued_items=config.max_queued_items,
             max_concurrent_batches=self.workers,
             max_tokenizing_chars=config.max_tokenizing_chars,
+            min_padding_efficiency=config.min_padding_efficiency,
         )
-        self.batch_log = BatchLog(config.batch_log) if config.batch_log else None
+        self.batch_log = BatchLog(config.batch_log, manifest.sha256) if config.batch_log else None
         record = self.batch_log.record if self.batch_log is not None else None
         self.scheduler = Scheduler(
             self.sessions.embed_rows_async, limits, manifest.dim, observer, record=record
