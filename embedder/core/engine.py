@@ -29,19 +29,17 @@ from embedder.core.session import SessionFactory, SessionPool
 from embedder.core.tokenizer import Encoded, TextTokenizer
 from embedder.core.workers import DaemonThreadPool, call_guarded
 from embedder.errors import ConfigError, DeadlineExceededError, InvalidInputError
+from embedder.options import VectorOptions
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
 
-@dataclass(frozen=True)
-class EmbedOptions:
+@dataclass(frozen=True, kw_only=True)
+class EmbedOptions(VectorOptions):
     """What a caller may ask of the pipeline (a front end adds its own wire options, e.g. the encoding)."""
 
-    normalize: bool = True
-    dimensions: int = 0
-    truncate: bool = True
     # False: neither read nor fill the embedding cache (e.g. a one-off bulk pass over a catalogue).
     cache: bool = True
 
