@@ -106,8 +106,14 @@ def _run_overhead(args: argparse.Namespace) -> int:
 
     texts_file = Path(args.texts) if args.texts else None
     inputs = load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+    flags = {"min_padding_efficiency": args.min_padding_efficiency} if args.min_padding_efficiency else {}
     report = run_overhead(
-        Path(args.bundle), inputs, callers=args.callers, seconds=args.seconds, ideal_batch=args.ideal_batch
+        Path(args.bundle),
+        inputs,
+        callers=args.callers,
+        seconds=args.seconds,
+        ideal_batch=args.ideal_batch,
+        server_flags=flags,
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +132,12 @@ def _add_overhead(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--callers", type=int, default=64, help="closed-loop gRPC callers (default 64)")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
     p.add_argument("--ideal-batch", type=int, default=32, help="rows per sorted batch in (b) (default 32)")
+    p.add_argument(
+        "--min-padding-efficiency",
+        type=float,
+        default=0.0,
+        help="the server's setting of that knob (default 0)",
+    )
     p.add_argument("--input-texts", type=int, default=4096, help="distinct texts to use (default 4096)")
     p.add_argument("--out", help="also write the JSON report here")
     add_input_flags(p)

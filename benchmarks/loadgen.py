@@ -237,11 +237,17 @@ def wait_idle(pid: int, busy_below: float = 0.15, step_s: float = 0.1, max_s: fl
 
 
 async def _closed_loop(
-    address: str, requests: Sequence[list[str]], concurrency: int, window: Window, *, cpu_pid: int | None
+    address: str,
+    requests: Sequence[list[str]],
+    concurrency: int,
+    window: Window,
+    *,
+    cpu_pid: int | None,
+    model: str,
 ) -> LoadResult:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
-        messages = [pb.EmbedRequest(texts=texts) for texts in requests]
+        messages = [pb.EmbedRequest(texts=texts, model=model) for texts in requests]
 
         async def call(k: int) -> int:
             resp = await stub.Embed(messages[k % len(messages)], timeout=60)
@@ -258,12 +264,14 @@ def closed_loop(
     window: Window,
     *,
     cpu_pid: int | None = None,
+    model: str = "",
 ) -> LoadResult:
     """`concurrency` gRPC callers, each sending its next request as soon as the last one returns.
 
     `cpu_pid` (the server's pid): report its CPU ms per item and wait for it to go idle afterwards.
+    `model`: EmbedRequest.model ("" = the server's default model).
     """
-    return asyncio.run(_closed_loop(address, requests, concurrency, window, cpu_pid=cpu_pid))
+    return asyncio.run(_closed_loop(address, requests, concurrency, window, cpu_pid=cpu_pid, model=model))
 
 
 async def _open_loop(

@@ -126,16 +126,18 @@ def run_overhead(
     seconds: float = 5.0,
     ideal_batch: int = 32,
     request_texts: int = 32,
+    server_flags: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """(c) the server with its batch log, then (a) and (b) on the logged rows, then the tokenizer."""
+    """(c) the server with its batch log, then (a) and (b) on the logged rows, then the tokenizer.
+    `server_flags`: settings of the server under test (e.g. min_padding_efficiency), reported."""
     bundle = load_bundle(bundle_dir)
     requests = requests_of(inputs.texts, request_texts)
     with tempfile.TemporaryDirectory(prefix="streamrec-overhead-") as tmp:
         log_path = Path(tmp) / "batches.jsonl"
-        with server_process(bundle_dir, batch_log=log_path) as server:
+        with server_process(bundle_dir, batch_log=log_path, **(server_flags or {})) as server:
             window = Window(seconds, warmup_s=1.0, min_requests=20, max_seconds=4 * seconds)
             served = closed_loop(server.address, requests, callers, window, cpu_pid=server.proc.pid)
-        batches = list(read_batch_log(log_path))
+        batches = list(read_batch_log(log_path, bundle.manifest.sha256))
     if not batches:
         raise RuntimeError("the server logged no batch")
     workers = ServerConfig().resolved_workers()
@@ -152,6 +154,7 @@ def run_overhead(
         "environment": environment.describe(),
         "inputs": inputs.describe(),
         "callers": callers,
+        "server_flags": server_flags or {},
         "c_server": {**measured, "padding_efficiency": padding_efficiency(batches), "batches": len(batches)},
         "a_logged_batches": {**logged.to_dict(), "padding_efficiency": padding_efficiency(batches)},
         "b_ideal_batches": {
@@ -199,7 +202,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     lines = [
         f"Inputs: set `{report['inputs']['set']}`, {report['inputs']['count']} texts; "
-        f"{report['callers']} callers; {c['batches']} batches logged. CPU: {env['cpu_model']}, "
+        f"{report['callers']} callers; server flags {report.get('server_flags') or 'none'}; "
+        f"{c['batches']} batches logged. CPU: {env['cpu_model']}, "
         f"{', '.join(env['cpu_flags']) or 'no AVX flags'}.",
         "",
         "| what | items/s | CPU ms/item | padding efficiency |",

@@ -99,10 +99,14 @@ _SERVE = (
 
 
 @contextmanager
-def server_process(bundle: Path, **flags: Any) -> Iterator[ServerProcess]:
-    """`streamrec-embedder serve` in a subprocess on a free port; timed from spawn to health SERVING."""
+def server_process(bundle: Path | Sequence[Path], **flags: Any) -> Iterator[ServerProcess]:
+    """`streamrec-embedder serve` in a subprocess on a free port; timed from spawn to health SERVING.
+
+    Several bundles: one server with every one of them loaded (`--bundle` repeated)."""
     port = _free_port()
-    cmd = [sys.executable, "-c", _SERVE, "serve", "--bundle", str(bundle), "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-c", _SERVE, "serve", "--host", "127.0.0.1"]
+    for path in [bundle] if isinstance(bundle, Path) else bundle:
+        cmd += ["--bundle", str(path)]
     cmd += ["--port", str(port), "--metrics-port", "-1", "--log-level", "WARNING"]
     for name, value in flags.items():
         cmd += ["--" + name.replace("_", "-"), str(value)]

@@ -45,6 +45,7 @@ from embedder.core.repository import choose_bundle, configured_models
 from embedder.errors import EmbedderError
 from embedder.explain import render as explain_render
 from embedder.grpc.server import serve
+from embedder.options import add_vector_flags, vector_flags
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -90,9 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(serve, "serve")
     embed = sub.add_parser("embed", help="embed texts in-process (args, or stdin lines); JSON lines out")
     embed.add_argument("texts", nargs="*", help="texts to embed (default: read stdin, one per line)")
-    embed.add_argument("--no-normalize", action="store_true", help="return raw pooled embeddings")
-    embed.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation (0 = full)")
-    embed.add_argument("--no-truncate", action="store_true", help="fail on texts over max_tokens")
+    add_vector_flags(embed)
     _add_model_flag(embed)
     add_config_flags(embed, "embed")
     info = sub.add_parser(
@@ -158,9 +157,7 @@ def _cmd_serve(config: ServerConfig) -> int:
 def _cmd_embed(config: ServerConfig, args: argparse.Namespace) -> int:
     texts: list[str] = list(args.texts) or [line.rstrip("\n") for line in sys.stdin]
     engine = EmbeddingEngine(load_bundle(config.bundle), dataclasses.replace(config, workers=1))
-    options = EmbedOptions(
-        normalize=not args.no_normalize, dimensions=args.dimensions, truncate=not args.no_truncate
-    )
+    options = EmbedOptions(**vector_flags(args))
     try:
         step = config.max_texts_per_request
         for start in range(0, len(texts), step):

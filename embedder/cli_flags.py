@@ -36,6 +36,8 @@ CONFIG_HELP: dict[str, str] = {
     "max_batch_items": "Most texts in one model call.",
     "max_batch_tokens": "Most padded tokens (longest text x texts) in one model call.",
     "max_wait_ms": "Longest a text waits for its batch to fill before the batch runs anyway.",
+    "min_padding_efficiency": "A text joins a batch only if the batch stays this share real tokens "
+    "(0 = off).",
     "max_queued_items": "Texts waiting for inference beyond which a request is refused (RESOURCE_EXHAUSTED).",
     "max_texts_per_request": "Most texts in one request (more: INVALID_ARGUMENT).",
     "max_text_chars": "Longest text in characters (longer: INVALID_ARGUMENT).",

@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from embedder.channel import ChannelSecurity
 from embedder.grpc.encoding import unpack
+from embedder.options import VectorOptions
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -41,13 +42,10 @@ RETRYABLE = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class ClientOptions:
+@dataclass(frozen=True, kw_only=True)
+class ClientOptions(VectorOptions):
     """Request options and the retry policy shared by both clients."""
 
-    normalize: bool = True
-    dimensions: int = 0
-    truncate: bool = True
     encoding: int = pb.ENCODING_FLOAT32
     # Overall time budget of one `embed()` call, retries included.
     timeout_s: float = 30.0

@@ -63,6 +63,7 @@ METRIC_NAMES = tuple(
         "cache_entries",
         "cache_capacity_bytes",
         "open_calls",
+        "unreceived_requests_total",
     )
 )
 
@@ -191,6 +192,13 @@ class Metrics:
         )
         self._cache = _CacheCollector()
         r.register(self._cache)
+        self.unreceived_requests = Counter(
+            p + "unreceived_requests",
+            "Unary calls whose request never reached a handler: over max_receive_message_bytes (the caller "
+            "got RESOURCE_EXHAUSTED from gRPC), or the caller cancelled or ran out of time while sending",
+            ["method"],
+            registry=r,
+        )
         self.open_calls = Gauge(
             p + "open_calls",
             "Calls open now, by lane: calls (everything but health), watch (health Watch streams)",

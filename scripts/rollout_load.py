@@ -7,10 +7,11 @@ OLD and NEW are two versions of one model (same manifest name). The script build
 a temporary folder with OLD, starts `streamrec-embedder serve --model-repository` on a free port, and at
 1/4, 2/4 and 3/4 of the run: copies NEW in (with a `default` file still naming OLD) and sends SIGHUP;
 rewrites `default` to NEW and sends SIGHUP; deletes OLD and sends SIGHUP. A quarter of the callers pin
-OLD ("name@old"); the rest send no model. It prints JSON: calls and failures per kind of caller, and
-the checks: unpinned failures (want 0), versions going back (want 0), vectors that are not their
-labelled version's (want 0, compared with each bundle's in-process output), pinned failures other than
-FAILED_PRECONDITION (want 0). The shorter, bounded form runs in tests/integration/test_rollout.py.
+OLD ("name@old"); the rest send no model. It prints JSON: calls, calls per version and failures per
+kind of caller, and the checks: unpinned failures (want 0), versions going back (want 0), vectors that
+are not their labelled version's (want 0, compared with each bundle's in-process output), pinned
+failures other than FAILED_PRECONDITION (want 0). The shorter, bounded form runs in
+tests/integration/test_rollout.py.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Tally:
     went_back: int = 0
     mislabelled: int = 0
     last: str = ""
+    by_version: dict[str, int] = field(default_factory=dict)
 
 
 def reference(bundle: Bundle) -> np.ndarray:
@@ -79,6 +81,7 @@ def caller(
             if t.last and order.index(r.model_version) < order.index(t.last):
                 t.went_back += 1
             t.last = r.model_version
+            t.by_version[r.model_version] = t.by_version.get(r.model_version, 0) + 1
             if not np.allclose(decode(r)[0], expected[r.model_version][i % len(TEXTS)], atol=1e-5):
                 t.mislabelled += 1
             i += 1
@@ -147,12 +150,19 @@ def main() -> int:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     unpinned = tallies[pinned:]
+
+    def by_version(group: list[Tally]) -> dict[str, int]:
+        return {v: sum(t.by_version.get(v, 0) for t in group) for v in (v_old, v_new)}
+
     report = {
         "callers": args.callers,
         "seconds": args.seconds,
         "unpinned_calls": sum(t.ok for t in unpinned),
         "unpinned_failures": sum(sum(t.errors.values()) for t in unpinned),
+        "unpinned_calls_by_version": by_version(unpinned),
         "pinned_calls": sum(t.ok for t in tallies[:pinned]),
+        "pinned_calls_by_version": by_version(tallies[:pinned]),
+        "pinned_failed_precondition": sum(t.errors.get("FAILED_PRECONDITION", 0) for t in tallies[:pinned]),
         "pinned_other_failures": sum(
             n for t in tallies[:pinned] for c, n in t.errors.items() if c != "FAILED_PRECONDITION"
         ),

@@ -23,6 +23,7 @@ from embedder.bulk.job import (
     parts_dir,
 )
 from embedder.config import ServerConfig
+from embedder.options import add_vector_flags, vector_flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="name or name@version: with --address, the servers' model; else one of the configured bundles",
     )
-    parser.add_argument("--no-normalize", action="store_true", help="store raw pooled embeddings")
-    parser.add_argument("--dimensions", type=int, default=0, help="Matryoshka truncation (0 = full)")
-    parser.add_argument("--no-truncate", action="store_true", help="fail on texts over max_tokens")
+    add_vector_flags(parser, verb="store")
     parser.add_argument("--restart", action="store_true", help="discard parts of an earlier run")
     parser.add_argument("--keep-parts", action="store_true", help="keep <out>.parts/ after joining")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,9 +61,7 @@ def options_from_args(args: argparse.Namespace) -> BulkOptions:
         id_field=args.id_field,
         shard_items=args.shard_items,
         batch_items=args.batch_items,
-        normalize=not args.no_normalize,
-        dimensions=args.dimensions,
-        truncate=not args.no_truncate,
+        **vector_flags(args),
     )
 
 

@@ -29,19 +29,17 @@ from embedder.core.session import SessionFactory, SessionPool
 from embedder.core.tokenizer import Encoded, TextTokenizer
 from embedder.core.workers import DaemonThreadPool, call_guarded
 from embedder.errors import ConfigError, DeadlineExceededError, InvalidInputError
+from embedder.options import VectorOptions
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
 
-@dataclass(frozen=True)
-class EmbedOptions:
+@dataclass(frozen=True, kw_only=True)
+class EmbedOptions(VectorOptions):
     """What a caller may ask of the pipeline (a front end adds its own wire options, e.g. the encoding)."""
 
-    normalize: bool = True
-    dimensions: int = 0
-    truncate: bool = True
     # False: neither read nor fill the embedding cache (e.g. a one-off bulk pass over a catalogue).
     cache: bool = True
 
@@ -109,8 +107,9 @@ class EmbeddingEngine:
             max_queued_items=config.max_queued_items,
             max_concurrent_batches=self.workers,
             max_tokenizing_chars=config.max_tokenizing_chars,
+            min_padding_efficiency=config.min_padding_efficiency,
         )
-        self.batch_log = BatchLog(config.batch_log) if config.batch_log else None
+        self.batch_log = BatchLog(config.batch_log, manifest.sha256) if config.batch_log else None
         record = self.batch_log.record if self.batch_log is not None else None
         self.scheduler = Scheduler(
             self.sessions.embed_rows_async, limits, manifest.dim, observer, record=record

@@ -77,9 +77,12 @@ class BatchLimits:
     max_concurrent_batches: int
     # Characters admitted but not yet tokenized (admission.py); 0 = no bound.
     max_tokenizing_chars: int = 0
+    min_padding_efficiency: float = 0.0
 
     def queue_limits(self) -> QueueLimits:
-        return QueueLimits(self.max_batch_items, self.max_batch_tokens, self.max_wait_ms)
+        return QueueLimits(
+            self.max_batch_items, self.max_batch_tokens, self.max_wait_ms, self.min_padding_efficiency
+        )
 
 
 class Scheduler:

@@ -17,6 +17,7 @@ streams (NOT_SERVING, then UNAVAILABLE), which would otherwise hold gRPC's grace
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -77,10 +78,21 @@ class CallLimits(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         if lane.cap and lane.active >= lane.cap:
             return refusing(handler, lambda context: self._refuse(context, lane, method))
-        return wrap(handler, lambda context: self._open(context, lane, method))
+        started = [False]
+        wrapped = wrap(handler, lambda context: self._open(context, lane, method, started))
+        if not wrapped.request_streaming and self._metrics is not None:
+            # A unary request that never reaches its handler was refused by gRPC itself (a message over
+            # max_receive_message_bytes) or given up by its caller while sending: gRPC tells us neither,
+            # so count it apart (unreceived_requests_total) once gRPC lets go of the handler.
+            behavior = wrapped.unary_unary or wrapped.unary_stream
+            weakref.finalize(behavior, _count_unreached, self._metrics, method, started)
+        return wrapped
 
     @asynccontextmanager
-    async def _open(self, context: Context, lane: Lane, method: str) -> AsyncIterator[None]:
+    async def _open(
+        self, context: Context, lane: Lane, method: str, started: list[bool]
+    ) -> AsyncIterator[None]:
+        started[0] = True
         # Checked again when the call starts: calls resolved at the same moment must not overshoot.
         if lane.cap and lane.active >= lane.cap:
             await self._refuse(context, lane, method)
@@ -123,6 +135,11 @@ class CallLimits(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _gauge(self, lane: Lane) -> None:
         if self._metrics is not None:
             self._metrics.open_calls.labels(lane=lane.name).set(lane.active)
+
+
+def _count_unreached(metrics: Metrics, method: str, started: list[bool]) -> None:
+    if not started[0]:
+        metrics.unreceived_requests.labels(method=method.rsplit("/", 1)[-1]).inc()
 
 
 async def _end_watch(context: Context) -> None:

@@ -41,7 +41,11 @@ def test_inference_error_fails_only_the_poisoned_call(
     bundle: Bundle, reference: EmbeddingEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    with fault_server(bundle, workers=1) as srv, grpc.insecure_channel(srv.address) as ch:
+    # min_padding_efficiency=0: the four requests' texts of mixed lengths must share one batch.
+    with (
+        fault_server(bundle, workers=1, min_padding_efficiency=0.0) as srv,
+        grpc.insecure_channel(srv.address) as ch,
+    ):
         faults = srv.faults
         faults.fail_token = token_of(srv, "volcano")
         stub = pb_grpc.EmbedderStub(ch)

@@ -20,6 +20,7 @@ from embedder.client import decode
 from embedder.core.engine import EmbeddingEngine
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from tests.hardening import wait_until
 from tests.support import ServerThread, embed_reference
 
 EMBED = "/streamrec.embedder.v1.Embedder/Embed"
@@ -141,10 +142,16 @@ def test_unknown_encoding(stub: pb_grpc.EmbedderStub, value: int) -> None:
     )
 
 
-def test_message_over_receive_limit_is_resource_exhausted(stub: pb_grpc.EmbedderStub) -> None:
+def test_message_over_receive_limit_is_resource_exhausted(
+    stub: pb_grpc.EmbedderStub, policy_server: ServerThread
+) -> None:
+    unreceived = policy_server.running.metrics.unreceived_requests.labels(method="Embed")
+    before = unreceived._value.get()
     err = refused(lambda: stub.Embed(pb.EmbedRequest(texts=["y" * 19000] * 15), timeout=10))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert re.search(r"larger than max \(\d+ vs\. 262144\)", err.details()), err.details()
+    # gRPC refuses it before any handler runs; it is still counted (issue 14, defect 6: it was not).
+    wait_until(lambda: unreceived._value.get() == before + 1, what="the refusal counted")
 
 
 def _texts_field(payload: bytes) -> bytes:

@@ -65,7 +65,9 @@ def test_beyond_the_queue_bound_calls_are_refused_within_50ms(bundle: Bundle) ->
     on a busy machine; the server-side histogram checks every single refusal.
     """
     faults = Faults()
-    srv = FaultServer(bundle, make_config(workers=1, max_queued_items=32, max_texts_per_request=8), faults)
+    # min_padding_efficiency=0: the first request (8 texts of mixed lengths) leaves the queue as one batch.
+    config = make_config(workers=1, max_queued_items=32, max_texts_per_request=8, min_padding_efficiency=0.0)
+    srv = FaultServer(bundle, config, faults)
     faults.open.clear()  # after the warm-up: the only worker now blocks until the test opens the gate
     try:
         with grpc.insecure_channel(srv.address) as ch, ThreadPoolExecutor(8) as pool:

@@ -43,6 +43,19 @@ def test_a_torn_last_line_is_skipped_and_a_closed_log_ignores_batches(tmp_path: 
     assert list(read_batch_log(log.path)) == [[[101, 7, 102], [101, 102]]]
 
 
+def test_model_versions_append_to_one_file_and_are_read_apart(tmp_path: Path) -> None:
+    path = tmp_path / "batches.jsonl"
+    old, new = BatchLog(path, "sha-old"), BatchLog(path, "sha-new")
+    old.record([[1, 2]])
+    new.record([[3]])
+    old.record([[4]])
+    old.close()
+    new.close()
+    assert list(read_batch_log(path, "sha-old")) == [[[1, 2]], [[4]]]
+    assert list(read_batch_log(path, "sha-new")) == [[[3]]]
+    assert len(list(read_batch_log(path))) == 3
+
+
 def test_an_unwritable_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"batch_log: cannot write .*missing/batches.jsonl"):
         BatchLog(tmp_path / "missing" / "batches.jsonl")

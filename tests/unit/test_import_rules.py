@@ -17,8 +17,9 @@ EMBEDDER_RULES: dict[str, set[str]] = {
     "embedder.errors": set(),
     "embedder.config": {"embedder.errors"},
     "embedder.metrics": set(),
+    "embedder.options": set(),  # the per-vector options every way in shares
     "embedder.v1": set(),
-    "embedder.core": {"embedder.errors", "embedder.config"},
+    "embedder.core": {"embedder.errors", "embedder.config", "embedder.options"},
     "embedder.explain": {"embedder.core", "embedder.errors", "embedder.config"},
     "embedder.grpc": {
         "embedder.core",
@@ -31,8 +32,20 @@ EMBEDDER_RULES: dict[str, set[str]] = {
     },
     "embedder.channel": set(),
     # The client speaks the wire format: the codec, never the server.
-    "embedder.client": {"embedder.channel", "embedder.grpc.encoding", "embedder.v1", "embedder.errors"},
-    "embedder.bulk": {"embedder.core", "embedder.client", "embedder.config", "embedder.errors"},
+    "embedder.client": {
+        "embedder.channel",
+        "embedder.grpc.encoding",
+        "embedder.v1",
+        "embedder.errors",
+        "embedder.options",
+    },
+    "embedder.bulk": {
+        "embedder.core",
+        "embedder.client",
+        "embedder.config",
+        "embedder.errors",
+        "embedder.options",
+    },
     "embedder.http": {"embedder.core", "embedder.errors", "embedder.config", "embedder.metrics"},
     "embedder.cli_flags": {"embedder.config"},  # which config fields each subcommand takes as flags
     "embedder.cli": {"embedder"},  # the entry point wires everything together

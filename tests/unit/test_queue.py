@@ -172,3 +172,19 @@ def test_clear_returns_what_was_left() -> None:
     queue.next_batch()
     assert firsts(queue.clear()) == [2, 3, 4]
     assert len(queue) == 0 and queue.due_in(more_coming=False) is None
+
+
+def test_min_padding_efficiency_keeps_far_lengths_for_the_next_batch() -> None:
+    queue, _ = make(min_padding_efficiency=0.8)
+    push(queue, [*rows(1, 3, length=10), *rows(10, 3, length=12), *rows(20, 2, length=40)])
+    first = queue.next_batch()
+    # 10s and 12s together are 11/12 real; a 40 would leave (3*10 + 3*12 + 40) / (7*40) < 0.8.
+    assert firsts(first) == [1, 2, 3, 10, 11, 12]
+    assert firsts(queue.next_batch()) == [20, 21]
+    assert queue.next_batch() == []
+
+
+def test_without_the_rule_one_batch_takes_every_length() -> None:
+    queue, _ = make()
+    push(queue, [*rows(1, 3, length=10), *rows(20, 2, length=40)])
+    assert firsts(queue.next_batch()) == [1, 2, 3, 20, 21]
