@@ -1,6 +1,6 @@
 """The student: a residual depthwise-separable 1D CNN over WordPiece tokens.
 
-Laid out for the fast ONNX Runtime form measured in ../shared/PERF_NOTES.md: activations are NCHW with
+Laid out for the fast ONNX Runtime form measured in docs/performance.md: activations are NCHW with
 H=1 so every conv exports as `Conv` (BatchNorm folds into it) and ReLU follows; no LayerNorm, GELU or GLU.
 
     ids -> Embedding(V, E) -> [B, E, 1, T] -> (1x1 stem to C if E != C)
