@@ -58,8 +58,9 @@ def onnx_items_per_s(
 ) -> dict[str, float]:
     """Model-only throughput at batch x tokens, one single-threaded session each (the serving default).
 
-    The variants take turns, `rounds` times: this VM drifts between fast and slow states (docs/performance.md),
-    so one long run per variant would compare states, not models. Returns each variant's median.
+    The variants take turns, `rounds` times: this VM drifts between fast and slow states
+    (docs/performance.md), so one long run per variant would compare states, not models. Returns each
+    variant's median.
     """
     runs = {name: _session_and_feeds(path, batch, tokens) for name, path in paths.items()}
     rates: dict[str, list[float]] = {name: [] for name in paths}
