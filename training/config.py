@@ -20,8 +20,19 @@ T = TypeVar("T")
 @dataclass
 class TeacherConfig:
     batch_size: int = 128
-    # Views per text whose teacher targets are cached: 1 = the text itself; more = augmented views too.
-    views: int = 1
+    # "auto": bf16 autocast where the CPU has native bf16 (AVX512_BF16/AMX), else fp32 (bf16 is emulated
+    # on AVX2-only machines and runs 5.5x slower there).
+    precision: str = "auto"
+
+
+@dataclass
+class PairsConfig:
+    """Teacher-labelled minimal pairs (training/minimal_pairs.py); fraction 0 turns them off."""
+
+    fraction: float = 0.0  # share of the eligible training sentences that get edits
+    max_edits: int = 2  # edits per chosen sentence, of different kinds
+    per_batch: int = 64  # at most this many edits join a batch, next to their parents
+    seed: int = 4321
 
 
 @dataclass
@@ -41,6 +52,11 @@ class TrainConfig:
     w_infonce: float = 0.1
     tau: float = 0.05
     w_relational: float = 1.0
+    # Minimal pairs: (student cos(text, edit) - teacher cos(text, edit))^2 over the batch's pairs.
+    w_pair: float = 0.0
+    # Matryoshka: the relational term again on each prefix of the embedding (listed in the manifest).
+    matryoshka_dims: list[int] = dataclasses.field(default_factory=list)
+    w_matryoshka: float = 1.0
     # Augmentation of the student's input (teacher target stays the clean text's).
     p_augment: float = 0.5
     token_mask_rate: float = 0.1
@@ -77,17 +93,21 @@ class JobConfig:
     corpus: dict[str, Any]
     model: ModelConfig
     teacher: TeacherConfig
+    pairs: PairsConfig
     train: TrainConfig
     export: ExportConfig
     eval: EvalConfig
     work_dir: str = ".cache"
+    # Run directory name under <work_dir>/runs/ (default: the config's name). Probes of one config share
+    # its corpus, pairs and teacher caches and differ only here.
+    run_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.work_dir) / "runs" / self.name
+        return Path(self.work_dir) / "runs" / (self.run_name or self.name)
 
 
 def _build(cls: type[T], table: dict[str, Any], section: str) -> T:
@@ -115,7 +135,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
 def load_job_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     apply_overrides(raw, overrides or [])
-    known = {"name", "work_dir", "corpus", "model", "teacher", "train", "export", "eval"}
+    known = {"name", "work_dir", "corpus", "model", "teacher", "pairs", "train", "export", "eval"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"{path}: unknown tables {unknown}")
@@ -126,6 +146,7 @@ def load_job_config(path: str | Path, overrides: list[str] | None = None) -> Job
         corpus=raw.get("corpus", {}),
         model=_build(ModelConfig, raw.get("model", {}), "model"),
         teacher=_build(TeacherConfig, raw.get("teacher", {}), "teacher"),
+        pairs=_build(PairsConfig, raw.get("pairs", {}), "pairs"),
         train=_build(TrainConfig, raw.get("train", {}), "train"),
         export=_build(ExportConfig, raw.get("export", {}), "export"),
         eval=_build(EvalConfig, raw.get("eval", {}), "eval"),

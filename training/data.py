@@ -91,16 +91,52 @@ class Collator:
     aug: AugmentConfig | None
     is_continuation: np.ndarray
 
-    def __call__(
-        self, corpus: TokenizedCorpus, idx: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        seqs = []
+    def seqs(self, corpus: TokenizedCorpus, idx: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """The (augmented) pieces of texts `idx`, unpadded."""
+        out = []
         for i in idx:
             ids = corpus.get(int(i))
             if self.aug is not None:
                 ids = augment(ids, self.aug, self.is_continuation, rng)
-            seqs.append(ids)
+            out.append(ids)
+        return out
+
+    def __call__(
+        self, corpus: TokenizedCorpus, idx: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.pad(self.seqs(corpus, idx, rng))
+
+    def pad(self, seqs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return pad_batch(seqs, self.cls_id, self.sep_id, self.pad_id)
+
+
+@dataclass(frozen=True)
+class EditIndex:
+    """Which minimal-pair edits belong to which training text, to put a text and its edits in one batch."""
+
+    order: np.ndarray  # edit indices sorted by parent
+    sorted_parents: np.ndarray
+
+    @classmethod
+    def build(cls, parents: np.ndarray) -> EditIndex:
+        order = np.argsort(parents, kind="stable")
+        return cls(order, parents[order])
+
+    def for_batch(
+        self, idx: np.ndarray, limit: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(edit indices, position of each edit's parent in `idx`), at most `limit` edits, random subset."""
+        lo = np.searchsorted(self.sorted_parents, idx, side="left")
+        hi = np.searchsorted(self.sorted_parents, idx, side="right")
+        edits = [self.order[a:b] for a, b in zip(lo, hi, strict=True)]
+        pos = [np.full(len(e), k) for k, e in enumerate(edits)]
+        if not edits:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        e, p = np.concatenate(edits).astype(np.int64), np.concatenate(pos).astype(np.int64)
+        if len(e) > limit:
+            keep = np.sort(rng.choice(len(e), limit, replace=False))
+            e, p = e[keep], p[keep]
+        return e, p
 
 
 def pad_batch(

@@ -81,12 +81,11 @@ class _ExplainGraph(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
-        feats = self.model.token_features(input_ids, attention_mask)  # [B, T, P], zero at padding
-        mask = attention_mask.to(feats.dtype)
-        count = mask.sum(dim=1, keepdim=True).clamp(min=1)
-        emb = self.model.proj(feats.sum(dim=1) / count)
-        # W (1/n sum_t f_t) + b = sum_t (W f_t / n) + b: exact, since pooling is a mean and proj is linear.
-        contrib = nn.functional.linear(feats, self.model.proj.weight) * (mask / count)[:, :, None]
+        # [B, T, P]: each position's features times its pooling weight (1/n, or its attention weight).
+        feats = self.model.token_features(input_ids, attention_mask)
+        emb = self.model.proj(feats.sum(dim=1))
+        # W (sum_t w_t f_t) + b = sum_t W (w_t f_t) + b: exact, since pooling is linear in f and proj is.
+        contrib = nn.functional.linear(feats, self.model.proj.weight)
         bias = self.model.proj.bias.unsqueeze(0).expand(input_ids.shape[0], -1)
         return emb, contrib, bias
 
@@ -188,6 +187,7 @@ def write_bundle(
     source: dict[str, Any],
     metrics: dict[str, float],
     onnx_file: Path | None = None,
+    matryoshka_dims: Sequence[int] = (),
     explain: bool = True,
     quantize_explain: Callable[[Path, Path], Path] | None = None,
 ) -> Bundle:
@@ -221,6 +221,7 @@ def write_bundle(
         architecture=architecture_summary(cfg),
         source={**source, "macs_per_token": macs_per_token(cfg)},
         metrics=metrics,
+        matryoshka_dims=sorted(matryoshka_dims),
     )
 
 
@@ -299,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add.add_argument("--bundle", required=True, type=Path)
     add.add_argument("--checkpoint", required=True, type=Path, help="the training run's last.pt")
     args = parser.parse_args(argv)
-    from training.train import load_model
+    from training.student import load_model
 
     bundle = add_explain(args.bundle, load_model(args.checkpoint))
     print(f"{bundle.path}: added {bundle.manifest.explain_model} (sha256 {bundle.manifest.explain_sha256})")

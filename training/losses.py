@@ -31,3 +31,16 @@ def relational(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     diff = s @ s.T - t @ t.T
     off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
     return (diff[off] ** 2).mean()
+
+
+def pair_cosine(
+    student: torch.Tensor, teacher: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+) -> torch.Tensor:
+    """MSE between student and teacher cosines of the given row pairs (a text and its minimal-pair edit).
+
+    The relational term covers these pairs too, but among B^2 others; this one weighs exactly the
+    distinctions the edits were made for (negation, swapped roles, ...).
+    """
+    s = F.normalize(student, dim=1)
+    t = F.normalize(teacher, dim=1)
+    return (((s[left] * s[right]).sum(1) - (t[left] * t[right]).sum(1)) ** 2).mean()

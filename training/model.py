@@ -1,6 +1,6 @@
 """The student: a residual depthwise-separable 1D CNN over WordPiece tokens.
 
-Laid out for the fast ONNX Runtime form measured in ../shared/PERF_NOTES.md: activations are NCHW with
+Laid out for the fast ONNX Runtime form measured in docs/performance.md: activations are NCHW with
 H=1 so every conv exports as `Conv` (BatchNorm folds into it) and ReLU follows; no LayerNorm, GELU or GLU.
 
     ids -> Embedding(V, E) -> [B, E, 1, T] -> (1x1 stem to C if E != C)
@@ -36,6 +36,10 @@ class ModelConfig:
     # Blocks (0-based) after which a global-context step adds a projection of the text's masked mean
     # to every position: whole-text context for a per-text (not per-token) cost of C^2 MACs.
     global_context: list[int] = field(default_factory=list)
+    # "mean": masked mean of the token features. "attention": a learned weight per token (softmax over
+    # the text of a 1x1 score on the conv features, C MACs/token), so words like "not" can count for more
+    # than their share. Both keep the embedding an exact sum of per-token contributions (Explain).
+    pooling: str = "mean"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +105,12 @@ class CNNEncoder(nn.Module):
         self.contexts = nn.ModuleDict({str(i): GlobalContext(cfg.channels) for i in cfg.global_context})
         pooled = cfg.channels + (cfg.embed_dim if cfg.static_skip else 0)
         self.proj = nn.Linear(pooled, cfg.out_dim)
+        if cfg.pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be mean or attention, got {cfg.pooling!r}")
+        self.score: nn.Conv2d | None = None
+        if cfg.pooling == "attention":
+            self.score = nn.Conv2d(cfg.channels, 1, 1)
+            nn.init.zeros_(self.score.weight)  # starts as the mean
 
     def _trunk(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -119,21 +129,39 @@ class CNNEncoder(nn.Module):
                 x = self.contexts[str(i)](x, mask, count)
         return x, e
 
+    def pool_weights(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Each position's pooling weight [B, 1, 1, T]: 1/n (mean) or a softmax over the text's tokens."""
+        mask = attention_mask.to(x.dtype)[:, None, None, :]
+        if self.score is None:
+            return mask / mask.sum(dim=3, keepdim=True).clamp(min=1)
+        s = self.score(x)  # [B, 1, 1, T]
+        # Max over real tokens only (padding gets -1e4), so exp never underflows a whole text.
+        top = (s * mask + (mask - 1.0) * 1e4).amax(dim=3, keepdim=True)
+        w = torch.exp(s - top) * mask
+        return w / w.sum(dim=3, keepdim=True).clamp(min=1e-12)
+
     def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-position pooled-space features [B, T, C(+E)], zero at padding."""
+        """Per-position pooled-space features [B, T, C(+E)], zero at padding, already weighted: the
+        embedding is exactly proj.weight @ their sum + proj.bias."""
         x, e = self._trunk(input_ids, attention_mask)
+        w = self.pool_weights(x, attention_mask)
         feats = torch.cat([x, e], dim=1) if self.cfg.static_skip else x
-        return feats.squeeze(2).transpose(1, 2)
+        return (feats * w).squeeze(2).transpose(1, 2)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x, e = self._trunk(input_ids, attention_mask)
-        count = attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
-        # Pool each part first, then concatenate the small [B, C+E] (cheaper than a [B, C+E, 1, T] concat).
-        pooled = x.sum(dim=(2, 3))
+        if self.score is None:
+            count = attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
+            # Pool each part first, then concatenate the small [B, C+E] (cheaper than concatenating maps).
+            pooled = x.sum(dim=(2, 3))
+            if self.cfg.static_skip:
+                pooled = torch.cat([pooled, e.sum(dim=(2, 3))], dim=1)
+            return self.proj(pooled / count)  # type: ignore[no-any-return]
+        w = self.pool_weights(x, attention_mask)
+        pooled = (x * w).sum(dim=(2, 3))
         if self.cfg.static_skip:
-            pooled = torch.cat([pooled, e.sum(dim=(2, 3))], dim=1)
-        out: torch.Tensor = self.proj(pooled / count)
-        return out
+            pooled = torch.cat([pooled, (e * w).sum(dim=(2, 3))], dim=1)
+        return self.proj(pooled)  # type: ignore[no-any-return]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -144,17 +172,18 @@ def macs_per_token(cfg: ModelConfig) -> int:
     """Multiply-accumulates per token position, excluding the embedding lookup (a gather)."""
     stem = 0 if cfg.embed_dim == cfg.channels else cfg.embed_dim * cfg.channels
     block = cfg.channels * cfg.kernel_size + cfg.channels * cfg.channels
+    score = cfg.channels if cfg.pooling == "attention" else 0
     # Global context costs C^2 per text, not per token: not counted per token.
-    return stem + block * len(cfg.dilations)
+    return stem + block * len(cfg.dilations) + score
 
 
 def architecture_summary(cfg: ModelConfig) -> str:
     dil = "/".join(str(d) for d in cfg.dilations)
-    skip = " + static mean-of-embeddings skip" if cfg.static_skip else ""
+    skip = " + static bag-of-embeddings skip" if cfg.static_skip else ""
     if cfg.global_context:
         skip += f", global context after blocks {'/'.join(str(i + 1) for i in cfg.global_context)}"
     return (
         f"residual depthwise-separable 1D CNN: E={cfg.embed_dim}, {len(cfg.dilations)} blocks at "
-        f"{cfg.channels} ch, k={cfg.kernel_size}, dilations {dil}, BN+ReLU, masked mean pool{skip}, "
+        f"{cfg.channels} ch, k={cfg.kernel_size}, dilations {dil}, BN+ReLU, masked {cfg.pooling} pool{skip}, "
         f"linear -> {cfg.out_dim}"
     )

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from training import evaluate
 from training.config import JobConfig
-from training.data import pad_batch
 from training.export import export_onnx, git_commit, parity, write_bundle
 from training.model import CNNEncoder, count_parameters, macs_per_token
 from training.quantize import Batch, quantize_dynamic_int8, quantize_pointwise_int8
-from training.teacher import TEACHER_NAME, teacher_tokenizer_path
-from training.train import CLS_ID, SEP_ID, run_eval
+from training.student import encode_with, quality, run_eval
+from training.teacher import TEACHER_NAME
+from training.vocab import teacher_vocab
 
 INT8_MAX_DROP = 0.5
 INT8_MAX_AGREEMENT_DROP = 0.005
@@ -36,15 +34,11 @@ def parity_batches(
     texts: list[str], max_tokens: int, n: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """`n` real texts in batches of 32 of mixed lengths (so padding is exercised)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(teacher_tokenizer_path()))
-    tok.no_padding()
-    tok.no_truncation()
+    vocab = teacher_vocab()
     rng = np.random.default_rng(seed)
     picked = [texts[i] for i in rng.choice(len(texts), min(n, len(texts)), replace=False)]
-    pieces = [np.asarray(e.ids[: max_tokens - 2]) for e in tok.encode_batch(picked, add_special_tokens=False)]
-    return [pad_batch(pieces[i : i + 32], CLS_ID, SEP_ID, 0) for i in range(0, len(pieces), 32)]
+    pieces = vocab.pieces(picked, max_tokens)
+    return [vocab.batch(pieces[i : i + 32]) for i in range(0, len(pieces), 32)]
 
 
 def _session_and_feeds(path: Path, batch: int, tokens: int) -> tuple[Any, dict[str, np.ndarray]]:
@@ -64,8 +58,9 @@ def onnx_items_per_s(
 ) -> dict[str, float]:
     """Model-only throughput at batch x tokens, one single-threaded session each (the serving default).
 
-    The variants take turns, `rounds` times: this VM drifts between fast and slow states (PERF_NOTES),
-    so one long run per variant would compare states, not models. Returns each variant's median.
+    The variants take turns, `rounds` times: this VM drifts between fast and slow states
+    (docs/performance.md), so one long run per variant would compare states, not models. Returns each
+    variant's median.
     """
     runs = {name: _session_and_feeds(path, batch, tokens) for name, path in paths.items()}
     rates: dict[str, list[float]] = {name: [] for name in paths}
@@ -80,39 +75,15 @@ def onnx_items_per_s(
 
 
 def onnx_quality(path: Path, job: JobConfig, ev: tuple[list[str], np.ndarray]) -> dict[str, float]:
+    """STS-B dev and held-out agreement of an exported graph (and of each Matryoshka prefix)."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    def enc_ordered(texts: Sequence[str]) -> np.ndarray:
-        return _encode_ordered(sess, list(texts), job.train.max_tokens)
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})[0])
 
-    out = {"stsb_dev_spearman": evaluate.sts_spearman(enc_ordered, evaluate.load_sts("dev"))}
-    out.update(
-        evaluate.teacher_agreement(
-            enc_ordered(ev[0]), np.asarray(ev[1], np.float32), job.eval.agreement_pairs
-        )
+    return quality(
+        lambda texts: encode_with(run, texts, job.train.max_tokens), job, ev, job.train.matryoshka_dims
     )
-    return out
-
-
-def _encode_ordered(sess: ort.InferenceSession, texts: list[str], max_tokens: int) -> np.ndarray:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(teacher_tokenizer_path()))
-    tok.no_padding()
-    tok.no_truncation()
-    pieces = [np.asarray(e.ids[: max_tokens - 2]) for e in tok.encode_batch(texts, add_special_tokens=False)]
-    order = np.argsort([len(p) for p in pieces])
-    out: np.ndarray | None = None
-    for start in range(0, len(order), 256):
-        idx = order[start : start + 256]
-        ids, mask = pad_batch([pieces[i] for i in idx], CLS_ID, SEP_ID, 0)
-        emb = sess.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})[0]
-        if out is None:
-            out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
-        out[idx] = emb
-    if out is None:
-        raise ValueError("no texts to encode")
-    return out
 
 
 def _variants(job: JobConfig, fp32: Path, calibration: list[Batch]) -> dict[str, dict[str, Any]]:
@@ -137,7 +108,7 @@ def publish(
     """`calibration_texts`: training texts for the static int8 variant's activation ranges."""
     model = model.eval()
     run_dir = job.run_dir
-    torch_metrics = run_eval(model, job, *ev)
+    torch_metrics = run_eval(model, job, ev, job.train.matryoshka_dims)
     fp32 = export_onnx(model, run_dir / "model.fp32.onnx")
     batches = parity_batches(heldout, job.train.max_tokens, job.export.parity_texts, job.train.seed)
     max_diff = parity(model, fp32, batches)
@@ -173,10 +144,12 @@ def publish(
             "config": job.to_dict(),
             "git_commit": git_commit(),
             "teacher": TEACHER_NAME,
+            "teacher_precision": _teacher_precision(job),
             "variant": chosen,
         },
         metrics={**{k: round(float(v), 4) for k, v in q.items()}, "parity_max_abs_diff": max_diff},
         onnx_file=Path(variants[chosen]["path"]),
+        matryoshka_dims=job.train.matryoshka_dims,
         quantize_explain=(
             (lambda src, dst: quantize_pointwise_int8(src, dst, calibration))
             if chosen == "int8-pointwise"
@@ -217,3 +190,11 @@ def batch_independence(path: Path, batches: list[Batch]) -> float:
             )[0]
             worst = max(worst, float(np.abs(alone[0] - batched[row]).max()))
     return worst
+
+
+def _teacher_precision(job: JobConfig) -> dict[str, Any]:
+    """The precision the teacher targets were computed at, and the CPU flags that chose it (last run)."""
+    path = Path(job.work_dir) / "teacher" / "precision.jsonl"
+    if not path.exists():
+        return {"precision": "unknown (targets computed by an earlier run)"}
+    return dict(json.loads(path.read_text(encoding="utf-8").splitlines()[-1]))

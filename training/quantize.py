@@ -4,7 +4,7 @@
   on this CNN's convolutions it is ~10x *slower* than fp32 here, kept as a measured row of the table.
 - `pointwise`: static per-channel int8 (QDQ) on the dense 1x1 convolutions only (the pointwise convs and
   a stem, where nearly all the MACs are), calibrated on real training texts. Depthwise convs stay fp32:
-  PERF_NOTES measured int8 depthwise convs at 0.55-0.7x of fp32. Every 1x1 conv works on one position at
+  docs/performance.md: int8 depthwise convs at 0.55-0.7x of fp32. Every 1x1 conv works on one position at
   a time, so a text's embedding still does not depend on its batch-mates' padding.
 
 Calibration is MinMax over fixed batches, so quantising `model.onnx` and `explain.onnx` with the same

@@ -8,8 +8,9 @@ Two products, both cached and resumable:
 
 from __future__ import annotations
 
-import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,56 +44,55 @@ def load_teacher(max_tokens: int) -> Any:
     return model
 
 
-def _read_progress(path: Path) -> int:
-    if not path.exists():
-        return 0
-    return int(json.loads(path.read_text())["done"])
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo is absent)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
 
 
-def _write_progress(path: Path, done: int, total: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"done": done, "total": total}))
-    tmp.replace(path)
+def choose_precision(requested: str, flags: set[str] | None = None) -> str:
+    """ "bf16" only where the CPU has native bf16 (AVX512_BF16 or AMX); "auto" decides from the flags.
 
-
-def compute_targets(
-    texts: list[str],
-    out_path: Path,
-    max_tokens: int,
-    *,
-    batch_size: int = 128,
-    chunk: int = 4096,
-    limit: int | None = None,
-) -> np.memmap:
-    """Teacher embeddings of `texts` into a float16 memmap; resumes from the last finished chunk.
-
-    With `limit`, only the first `limit` rows are (made sure to be) computed; the file keeps room for all.
+    On an AVX2-only machine bf16 autocast is emulated and ran 5.5x slower than fp32 (14 vs 77 texts/s).
     """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    progress = out_path.with_suffix(".progress.json")
-    n = len(texts)
-    mode = "r+" if out_path.exists() and progress.exists() else "w+"
-    targets = np.lib.format.open_memmap(out_path, mode=mode, dtype=np.float16, shape=(n, TEACHER_DIM))
-    done = _read_progress(progress) if mode == "r+" else 0
-    n = min(n, limit) if limit else n
-    if done >= n:
-        return targets
+    if requested not in {"auto", "bf16", "fp32"}:
+        raise ValueError(f"teacher precision {requested!r}: use auto, bf16 or fp32")
+    if requested != "auto":
+        return requested
+    flags = cpu_flags() if flags is None else flags
+    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
+
+
+def make_encoder(max_tokens: int, batch_size: int, precision: str) -> Callable[[list[str]], np.ndarray]:
+    """texts -> the teacher's L2-normalised embeddings (float32 [N, 384]) at `precision`."""
     model = load_teacher(max_tokens)
-    with tqdm(total=n, initial=done, desc="teacher targets", unit="text", smoothing=0.05) as bar:
-        while done < n:
-            end = min(done + chunk, n)
-            # bf16 autocast: ~1.3x faster on this CPU, cosine to fp32 targets >= 0.9999 (measured).
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-                emb = model.encode(
-                    texts[done:end], batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
-                )
-            emb = emb.astype(np.float32)
-            targets[done:end] = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
-            targets.flush()
-            _write_progress(progress, end, len(texts))
-            bar.update(end - done)
-            done = end
-    return targets
+
+    def encode(texts: list[str]) -> np.ndarray:
+        # bf16 autocast: ~1.3x faster where native; cosine to fp32 targets >= 0.9999 (measured).
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        emb = emb.astype(np.float32)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+    return encode
+
+
+def time_precisions(texts: list[str], max_tokens: int, batch_size: int) -> dict[str, float]:
+    """texts/s of the teacher in fp32 and bf16 on `texts` (a start-up check, logged with the run)."""
+    rates = {}
+    for precision in ("fp32", "bf16"):
+        encode = make_encoder(max_tokens, batch_size, precision)
+        encode(texts[:batch_size])  # warm-up
+        t0 = time.perf_counter()
+        encode(texts)
+        rates[precision] = len(texts) / (time.perf_counter() - t0)
+    return rates
 
 
 def token_vectors(out_path: Path, batch_size: int = 512) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The offline job, top to bottom: corpus -> teacher targets -> train -> evaluate -> ONNX -> bundle.
 
-    python -m training.train --config training/configs/cnn5m.toml            # single process, 2 threads
+    python -m training.train --config training/configs/cnn5m-v2.toml         # single process, 2 threads
     torchrun --nproc_per_node=2 -m training.train --config ...                # DDP (gloo), 1 thread each
 
 Every stage caches its output under <work_dir>/ and the training loop resumes from its last checkpoint,
@@ -10,10 +10,8 @@ so re-running the same command after an interrupt picks up where it stopped.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,89 +22,26 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from training import evaluate, losses
+from training import losses
 from training.augment import AugmentConfig
-from training.config import JobConfig, TrainConfig, config_hash, load_job_config
-from training.data import Collator, TokenizedCorpus, continuation_mask, step_batches, tokenize_corpus
+from training.config import JobConfig, TrainConfig, load_job_config
+from training.data import Collator, EditIndex, TokenizedCorpus, continuation_mask, step_batches
 from training.model import CNNEncoder
-from training.teacher import compute_targets, teacher_tokenizer_path, token_vectors
-
-CLS_ID, SEP_ID, MASK_ID = 101, 102, 103
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def setup_dist() -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        torch.set_num_threads(int(os.environ.get("STREAMREC_TRAIN_THREADS", "2")))
-        return Dist()
-    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=3))
-    torch.set_num_threads(1)
-    return Dist(rank=dist.get_rank(), world=world)
-
-
-# ---------------------------------------------------------------- data stages
-
-
-def stage_corpus(job: JobConfig, d: Dist) -> tuple[list[str], list[str]]:
-    from training.corpus import CorpusConfig, build_corpus
-
-    out = Path(job.work_dir) / "corpus" / job.name
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        build_corpus(CorpusConfig.from_dict(job.corpus), out)
-    d.barrier()
-    return _read_jsonl(out / "train.jsonl"), _read_jsonl(out / "heldout.jsonl")
-
-
-def _read_jsonl(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line)["text"] for line in fh]
-
-
-def stage_teacher(job: JobConfig, texts: list[str], tag: str, d: Dist, limit: int = 0) -> np.ndarray:
-    """Teacher targets for `texts` (or their first `limit`), cached; the cache key ignores `limit`."""
-    key = config_hash({"texts": len(texts), "first": texts[:3], "max_tokens": job.train.max_tokens})
-    path = Path(job.work_dir) / "teacher" / f"{tag}-{key}.npy"
-    if d.main:
-        compute_targets(
-            texts, path, job.train.max_tokens, batch_size=job.teacher.batch_size, limit=limit or None
-        )
-    d.barrier()
-    targets = np.load(path, mmap_mode="r")
-    return targets[:limit] if limit else targets
-
-
-def stage_tokens(job: JobConfig, texts: list[str], d: Dist) -> TokenizedCorpus:
-    """Token ids of the training texts, cached. Rank 0 writes the cache; the others wait and read it
-    (two ranks writing one cache raced on its temporary file under torchrun)."""
-    key = config_hash({"n": len(texts), "first": texts[:3], "max": job.train.max_tokens})
-    cache = Path(job.work_dir) / "tokens" / f"{key}.npz"
-    tokenizer, max_pieces = teacher_tokenizer_path(), job.train.max_tokens - 2
-    if d.main:
-        tokenize_corpus(texts, tokenizer, max_pieces, cache)
-    d.barrier()
-    return tokenize_corpus(texts, tokenizer, max_pieces, cache)
-
-
-def eval_sample(job: JobConfig, heldout: list[str]) -> list[str]:
-    rng = np.random.default_rng(job.train.seed)
-    n = min(job.eval.agreement_texts, len(heldout))
-    return [heldout[i] for i in sorted(rng.choice(len(heldout), n, replace=False))]
-
+from training.publish import publish
+from training.stages import (
+    Dist,
+    Edits,
+    eval_sample,
+    setup_dist,
+    stage_corpus,
+    stage_pairs,
+    stage_teacher,
+    stage_tokens,
+    teacher_plan,
+)
+from training.student import run_eval
+from training.teacher import token_vectors
+from training.vocab import teacher_vocab
 
 # ---------------------------------------------------------------- model
 
@@ -153,49 +88,21 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-@torch.no_grad()
-def encode(model: CNNEncoder, texts: Sequence[str], max_tokens: int, batch_size: int = 256) -> np.ndarray:
-    """Student embeddings (not normalised) for evaluation, batched by length."""
-    from tokenizers import Tokenizer
-
-    from training.data import pad_batch
-
-    tok = Tokenizer.from_file(str(teacher_tokenizer_path()))
-    tok.no_padding()
-    tok.no_truncation()
-    pieces = [
-        np.asarray(e.ids[: max_tokens - 2]) for e in tok.encode_batch(list(texts), add_special_tokens=False)
-    ]
-    order = np.argsort([len(p) for p in pieces])
-    out = np.zeros((len(texts), model.cfg.out_dim), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        ids, mask = pad_batch([pieces[i] for i in idx], CLS_ID, SEP_ID, model.cfg.pad_token_id)
-        out[idx] = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-    model.train(was_training)
-    return out
-
-
-def run_eval(
-    model: CNNEncoder, job: JobConfig, ev_texts: list[str], ev_targets: np.ndarray
-) -> dict[str, float]:
-    enc = lambda texts: encode(model, texts, job.train.max_tokens)  # noqa: E731
-    result = {"stsb_dev_spearman": evaluate.sts_spearman(enc, evaluate.load_sts("dev"))}
-    agree = evaluate.teacher_agreement(
-        enc(ev_texts), np.asarray(ev_targets, np.float32), job.eval.agreement_pairs
-    )
-    result.update(agree)
-    return result
-
-
 # ---------------------------------------------------------------- training loop
 
 
-def train(
-    job: JobConfig, corpus: TokenizedCorpus, targets: np.ndarray, ev: tuple[list[str], np.ndarray], d: Dist
-) -> CNNEncoder:
+@dataclass(frozen=True)
+class TrainData:
+    """What the loop draws batches from: train texts and their minimal-pair edits, with targets."""
+
+    corpus: TokenizedCorpus
+    targets: np.ndarray
+    edits: TokenizedCorpus | None
+    edit_targets: np.ndarray
+    edit_index: EditIndex | None
+
+
+def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: Dist) -> CNNEncoder:
     t = job.train
     torch.manual_seed(t.seed)
     model = CNNEncoder(job.model)
@@ -209,13 +116,17 @@ def train(
     if start >= t.steps:
         return model
     net: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    vocab = teacher_vocab()
     aug = AugmentConfig(
-        t.p_augment, t.token_mask_rate, t.span_delete_max, t.crop_min_fraction, t.word_dropout_rate, MASK_ID
+        t.p_augment,
+        t.token_mask_rate,
+        t.span_delete_max,
+        t.crop_min_fraction,
+        t.word_dropout_rate,
+        vocab.mask_id,
     )
-    collate = Collator(
-        CLS_ID, SEP_ID, job.model.pad_token_id, aug, continuation_mask(teacher_tokenizer_path())
-    )
-    batches = step_batches(corpus.lengths(), t.batch_size, t.seed, start, rank=d.rank, world=d.world)
+    collate = Collator(vocab.cls_id, vocab.sep_id, vocab.pad_id, aug, continuation_mask(vocab.path))
+    batches = step_batches(data.corpus.lengths(), t.batch_size, t.seed, start, rank=d.rank, world=d.world)
     log = (run_dir / "log.jsonl").open("a", encoding="utf-8")
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not d.main)
     model.train()
@@ -223,30 +134,25 @@ def train(
     for step, idx in batches:
         if step >= t.steps:
             break
-        ids, mask = collate(corpus, idx, np.random.default_rng([t.seed, step, d.rank]))
-        teacher = torch.from_numpy(np.asarray(targets[np.sort(idx)], np.float32))[np.argsort(np.argsort(idx))]
+        rng = np.random.default_rng([t.seed, step, d.rank])
+        ids, mask, teacher, pairs = _batch(job, data, collate, idx, rng)
         for g, base in zip(opt.param_groups, (t.embed_lr, t.lr, t.lr), strict=True):
             g["lr"] = base * lr_factor(step, t.warmup_steps, t.steps)
         student = net(torch.from_numpy(ids), torch.from_numpy(mask))
-        loss, parts = distill_loss(student, teacher, t)
+        loss, parts = distill_loss(student, teacher, pairs, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        seen += len(idx) * d.world
+        seen += len(ids) * d.world
         bar.update(1)
         if d.main and (step + 1) % t.log_every == 0:
             rate = seen / (time.perf_counter() - t0)
-            row = {
-                "step": step + 1,
-                "loss": float(loss),
-                **{k: float(v) for k, v in parts.items()},
-                "samples_per_s": rate,
-            }
+            row = {"step": step + 1, "loss": float(loss), **{k: float(v) for k, v in parts.items()}}
+            log.write(json.dumps({**row, "samples_per_s": rate}) + "\n")
             bar.set_postfix(loss=f"{float(loss):.4f}", cos=f"{float(parts['cos']):.4f}", sps=f"{rate:.0f}")
-            log.write(json.dumps(row) + "\n")
         if d.main and ((step + 1) % t.eval_every == 0 or step + 1 == t.steps):
-            metrics = run_eval(model, job, *ev)
+            metrics = run_eval(model, job, ev, t.matryoshka_dims)
             log.write(json.dumps({"step": step + 1, "eval": metrics}) + "\n")
             log.flush()
             bar.write(f"step {step + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -258,8 +164,32 @@ def train(
     return model
 
 
+def _rows(targets: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+    """Rows `idx` of a (memory-mapped) float16 array, read in sorted order, as float32 in idx order."""
+    return torch.from_numpy(np.asarray(targets[np.sort(idx)], np.float32))[np.argsort(np.argsort(idx))]
+
+
+def _batch(
+    job: JobConfig, data: TrainData, collate: Collator, idx: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One step's inputs: the texts `idx` (augmented) then the edits of some of them (never augmented:
+    an edit's words are its meaning), the teacher rows of both, and (parent row, edit row) pairs."""
+    seqs = collate.seqs(data.corpus, idx, rng)
+    teacher = _rows(data.targets, idx)
+    parent_rows = edit_rows = torch.zeros(0, dtype=torch.long)
+    if data.edit_index is not None and data.edits is not None:
+        eidx, parent_pos = data.edit_index.for_batch(idx, job.pairs.per_batch, rng)
+        if len(eidx):
+            seqs += [data.edits.get(int(j)) for j in eidx]
+            teacher = torch.cat([teacher, _rows(data.edit_targets, eidx)])
+            parent_rows = torch.from_numpy(parent_pos)
+            edit_rows = torch.arange(len(idx), len(idx) + len(eidx))
+    ids, mask = collate.pad(seqs)
+    return ids, mask, teacher, (parent_rows, edit_rows)
+
+
 def distill_loss(
-    student: torch.Tensor, teacher: torch.Tensor, t: TrainConfig
+    student: torch.Tensor, teacher: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor], t: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     parts = {
         "cos": losses.cosine_loss(student, teacher),
@@ -268,6 +198,12 @@ def distill_loss(
         "mse": losses.mse_loss(student, teacher),
     }
     weights = {"cos": t.w_cos, "infonce": t.w_infonce, "rel": t.w_relational, "mse": t.w_mse}
+    if t.w_pair > 0 and len(pairs[0]):
+        parts["pair"] = losses.pair_cosine(student, teacher, *pairs)
+        weights["pair"] = t.w_pair
+    for dim in t.matryoshka_dims:
+        parts[f"rel@{dim}"] = losses.relational(student[:, :dim], teacher)
+        weights[f"rel@{dim}"] = t.w_matryoshka * t.w_relational
     loss = sum((weights[k] * v for k, v in parts.items()), torch.zeros(()))
     return loss, parts
 
@@ -294,15 +230,6 @@ def save_checkpoint(
     tmp.replace(path)
 
 
-def load_model(path: Path) -> CNNEncoder:
-    from training.model import ModelConfig
-
-    ckpt = torch.load(path, weights_only=False)
-    model = CNNEncoder(ModelConfig(**ckpt["config"]["model"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -311,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True)
-    parser.add_argument("--stop-after", choices=["corpus", "teacher", "train"], default=None)
+    parser.add_argument("--stop-after", choices=["corpus", "pairs", "teacher", "train"], default=None)
     parser.add_argument(
         "--work-dir", default=None, help="cache/run directory (default: the config's work_dir)"
     )
@@ -320,31 +247,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--max-train-texts", type=int, default=0, help="train on the first N texts only")
     parser.add_argument("--out-dir", default=None, help="bundle directory (default: [export].out_dir)")
+    parser.add_argument("--run-name", default="", help="run directory under <work_dir>/runs/ (probes)")
     args = parser.parse_args(argv)
     job = load_job_config(args.config, args.set)
     if args.work_dir:
         job.work_dir = args.work_dir
+    job.run_name = args.run_name
     d = setup_dist()
-    train_texts, heldout = stage_corpus(job, d)
+    train_records, heldout = stage_corpus(job, d)
     if args.stop_after == "corpus":
         return 0
-    ev_texts = eval_sample(job, heldout)
-    ev_targets = stage_teacher(job, ev_texts, "heldout", d)
+    train_texts = [r["text"] for r in train_records]
     limit = args.max_train_texts or job.train.max_train_texts
-    targets = stage_teacher(job, train_texts, "train", d, limit)
-    train_texts = train_texts[: len(targets)]
+    if limit:
+        train_texts = train_texts[:limit]
+    edits = stage_pairs(job, train_texts, d)
+    if args.stop_after == "pairs":
+        return 0
+    ev_texts = [r["text"] for r in eval_sample(job, heldout)]
+    groups = {"heldout": ev_texts, "train": train_texts, "edits": edits.texts}
+    targets = stage_teacher(job, groups, d, teacher_plan(ev_texts, train_texts, edits))
     if args.stop_after == "teacher":
         return 0
-    corpus = stage_tokens(job, train_texts, d)
-    model = train(job, corpus, targets, (ev_texts, ev_targets), d)
+    model = train(job, _train_data(job, train_texts, edits, targets, d), (ev_texts, targets["heldout"]), d)
     if d.main and args.stop_after != "train":
-        from training.publish import publish
-
         out_dir = Path(args.out_dir or job.export.out_dir)
-        publish(job, model, heldout, (ev_texts, ev_targets), out_dir, calibration_texts=train_texts[:4096])
+        heldout_texts = [r["text"] for r in heldout]
+        publish(
+            job,
+            model,
+            heldout_texts,
+            (ev_texts, targets["heldout"]),
+            out_dir,
+            calibration_texts=train_texts[:4096],
+        )
     if d.world > 1:
         dist.destroy_process_group()
     return 0
+
+
+def _train_data(
+    job: JobConfig, texts: list[str], edits: Edits, targets: dict[str, np.ndarray], d: Dist
+) -> TrainData:
+    corpus = stage_tokens(job, texts, d)
+    if not len(edits):
+        return TrainData(corpus, targets["train"], None, np.zeros((0, 1), np.float16), None)
+    edit_corpus = stage_tokens(job, edits.texts, d, tag="edits")
+    return TrainData(corpus, targets["train"], edit_corpus, targets["edits"], EditIndex.build(edits.parents))
 
 
 if __name__ == "__main__":

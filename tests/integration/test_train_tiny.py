@@ -71,10 +71,18 @@ def test_tiny_job_writes_a_verified_bundle_with_parity(tiny_run: tuple[Path, Pat
     assert report["variants"]["fp32"]["items_per_s"] > 0
     steps = [row["step"] for row in _log(work) if "loss" in row]
     assert steps[-1] == 20
+    # v2 recipe on the tiny scale: minimal pairs joined the batches, the Matryoshka prefixes are listed
+    # in the manifest and scored, attention pooling exported with an exact explain graph.
+    assert manifest.matryoshka_dims == [16, 32]
+    assert "stsb_dev_spearman@16" in manifest.metrics
+    assert "attention pool" in manifest.architecture
+    pair_losses = [row["pair"] for row in _log(work) if "pair" in row]
+    assert pair_losses and all(v >= 0 for v in pair_losses)
+    assert manifest.source["teacher_precision"]["precision"] in {"bf16", "fp32"}
 
 
 def test_bundle_serves_what_the_checkpoint_computes(tiny_run: tuple[Path, Path]) -> None:
-    from training.train import encode, load_model
+    from training.student import encode, load_model
 
     work, bundle = tiny_run
     texts = ["a man is playing a guitar", "Debian package: a tiny text editor for the terminal", "ok"]
