@@ -10,6 +10,7 @@ streamrec-bench mixed-attack [--seconds 60]   normal load under a Watch + long-t
 streamrec-bench overhead --bundle DIR [--callers 64] [--seconds 5]   server vs model on its own batches
 streamrec-bench cache --bundle DIR [--cache-mb 256] [--distinct 100000]   the cache on Zipf / unique streams
 streamrec-bench infinity [--callers 8]   the Infinity peer (make infinity-venv) vs our server, same texts
+streamrec-bench http --bundle DIR [--callers 16]   the OpenAI-style HTTP front next to gRPC, one server
 
 Add a subcommand by writing `_add_<name>(sub)` and listing it in SUBCOMMANDS.
 """
@@ -214,12 +215,41 @@ def _add_infinity(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(run=_run_infinity)
 
 
+def _run_http(args: argparse.Namespace) -> int:
+    from benchmarks.http_front import markdown, run_http_vs_grpc
+    from benchmarks.inputs import load_inputs
+
+    texts_file = Path(args.texts) if args.texts else None
+    inputs = load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+    report = run_http_vs_grpc(
+        Path(args.bundle), inputs, callers=args.callers, seconds=args.seconds, rounds=args.rounds
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
+def _add_http(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("http", help="the OpenAI-compatible HTTP front next to gRPC on one server, same texts")
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"bundle directory (default {DEFAULT_BUNDLE})")
+    p.add_argument("--callers", type=int, default=16, help="closed-loop callers per front (default 16)")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per round (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--input-texts", type=int, default=4096, help="distinct texts to use (default 4096)")
+    p.add_argument("--out", help="also write the JSON report here")
+    add_input_flags(p)
+    p.set_defaults(run=_run_http)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_serving,
     _add_baselines,
     _add_overhead,
     _add_cache,
     _add_infinity,
+    _add_http,
     _add_mixed_attack,
 ]
 

@@ -79,9 +79,17 @@ def infinity_server(
 
 
 def closed_loop_http(
-    url: str, requests: list[list[str]], callers: int, window: Window, pid: int
+    url: str,
+    requests: list[list[str]],
+    callers: int,
+    window: Window,
+    pid: int,
+    *,
+    model: str | None = SERVED_NAME,
+    mode: str = "infinity-http",
 ) -> LoadResult:
-    """`callers` HTTP callers of `POST /embeddings`, each sending its next request when the last returns."""
+    """`callers` HTTP callers of `POST {url}/embeddings` (OpenAI-style), each sending its next request
+    when the last returns. `model` None leaves the field out (the server's default model)."""
 
     async def main() -> LoadResult:
         limits = httpx.Limits(max_connections=callers, max_keepalive_connections=callers)
@@ -89,14 +97,17 @@ def closed_loop_http(
 
             async def call(k: int) -> int:
                 texts = requests[k % len(requests)]
-                resp = await client.post("/embeddings", json={"model": SERVED_NAME, "input": texts})
+                body: dict[str, Any] = {"input": texts}
+                if model is not None:
+                    body["model"] = model
+                resp = await client.post("/embeddings", json=body)
                 resp.raise_for_status()
                 data = resp.json()["data"]
                 if len(data) != len(texts):
                     raise ValueError(f"{len(data)} embeddings for {len(texts)} texts")
                 return len(texts)
 
-            return await run_closed(call, callers, window, mode="infinity-http", cpu_pid=pid)
+            return await run_closed(call, callers, window, mode=mode, cpu_pid=pid)
 
     return asyncio.run(main())
 
