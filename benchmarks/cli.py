@@ -25,8 +25,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from benchmarks.inputs import INPUT_SETS  # numpy + tokenizers: ~0.2 s, the one eager import of --help
+from benchmarks.inputs import INPUT_SETS, Inputs  # numpy + tokenizers: ~0.2 s, the one eager import of --help
 
 DEFAULT_BUNDLE = "models/streamrec-cnn-v1"
 
@@ -45,6 +46,21 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
         "heldout = the training corpus's held-out split",
     )
     parser.add_argument("--texts", metavar="FILE", help="measure on your own texts instead: JSONL or TXT")
+
+
+def _inputs(args: argparse.Namespace) -> Inputs:
+    """The texts a focused subcommand measures on (--inputs, --texts, --input-texts)."""
+    from benchmarks.inputs import load_inputs
+
+    texts_file = Path(args.texts) if args.texts else None
+    return load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+
+
+def _write_out(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """--out: the JSON report, next to the markdown printed on stdout."""
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def _run_serving(args: argparse.Namespace) -> int:
@@ -102,11 +118,9 @@ def _add_mixed_attack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _run_overhead(args: argparse.Namespace) -> int:
-    from benchmarks.inputs import load_inputs
     from benchmarks.overhead import markdown, run_overhead
 
-    texts_file = Path(args.texts) if args.texts else None
-    inputs = load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+    inputs = _inputs(args)
     flags = {"min_padding_efficiency": args.min_padding_efficiency} if args.min_padding_efficiency else {}
     report = run_overhead(
         Path(args.bundle),
@@ -116,9 +130,7 @@ def _run_overhead(args: argparse.Namespace) -> int:
         ideal_batch=args.ideal_batch,
         server_flags=flags,
     )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    _write_out(args, report)
     print(markdown(report))
     return 0
 
@@ -155,9 +167,7 @@ def _run_cache(args: argparse.Namespace) -> int:
         distinct=args.distinct,
         cache_mb=args.cache_mb,
     )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    _write_out(args, report)
     print(markdown(report))
     return 0
 
@@ -180,10 +190,8 @@ def _add_cache(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _run_infinity(args: argparse.Namespace) -> int:
     from benchmarks.baselines import DEFAULT_CACHE, ensure_baseline, teacher_dir
     from benchmarks.infinity_peer import markdown, run_infinity_peer
-    from benchmarks.inputs import load_inputs
 
-    texts_file = Path(args.texts) if args.texts else None
-    inputs = load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+    inputs = _inputs(args)
     report = run_infinity_peer(
         Path(args.bundle),
         ensure_baseline("minilm-fp32", DEFAULT_CACHE),
@@ -193,9 +201,7 @@ def _run_infinity(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         rounds=args.rounds,
     )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    _write_out(args, report)
     print(markdown(report))
     return 0
 
@@ -217,16 +223,12 @@ def _add_infinity(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _run_http(args: argparse.Namespace) -> int:
     from benchmarks.http_front import markdown, run_http_vs_grpc
-    from benchmarks.inputs import load_inputs
 
-    texts_file = Path(args.texts) if args.texts else None
-    inputs = load_inputs(args.input_texts, input_set=args.inputs, texts_file=texts_file)
+    inputs = _inputs(args)
     report = run_http_vs_grpc(
         Path(args.bundle), inputs, callers=args.callers, seconds=args.seconds, rounds=args.rounds
     )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    _write_out(args, report)
     print(markdown(report))
     return 0
 
