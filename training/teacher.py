@@ -9,7 +9,6 @@ Two products, both cached and resumable:
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,18 +80,6 @@ def make_encoder(max_tokens: int, batch_size: int, precision: str) -> Callable[[
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
     return encode
-
-
-def time_precisions(texts: list[str], max_tokens: int, batch_size: int) -> dict[str, float]:
-    """texts/s of the teacher in fp32 and bf16 on `texts` (a start-up check, logged with the run)."""
-    rates = {}
-    for precision in ("fp32", "bf16"):
-        encode = make_encoder(max_tokens, batch_size, precision)
-        encode(texts[:batch_size])  # warm-up
-        t0 = time.perf_counter()
-        encode(texts)
-        rates[precision] = len(texts) / (time.perf_counter() - t0)
-    return rates
 
 
 def token_vectors(out_path: Path, batch_size: int = 512) -> np.ndarray:
