@@ -138,11 +138,12 @@ def stage_teacher(
     `plan` order."""
     if d.main:
         store = target_store(job)
-        if any(store.missing(texts) for _, texts in plan):
+        todo = [(tag, missing) for tag, texts in plan if (missing := store.missing(texts))]
+        if todo:
             precision = choose_precision(job.teacher.precision)
             _log_precision(job, precision)
             encode = make_encoder(job.train.max_tokens, job.teacher.batch_size, precision)
-            for tag, texts in plan:
+            for tag, texts in todo:
                 store.ensure(texts, encode, desc=f"teacher {tag} ({precision})")
     d.barrier()
     store = target_store(job)
