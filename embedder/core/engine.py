@@ -33,6 +33,11 @@ from embedder.options import VectorOptions
 
 log = logging.getLogger(__name__)
 
+# A tokenizer thread's job reads at most about this many characters (cost_chars): a request of many long
+# texts is tokenized as a sequence of such jobs, so a small request queued behind it waits for one job,
+# not for the whole request (the tokenizer pool's share of fair queuing; queue.py has the batches').
+TOKENIZE_JOB_CHARS = 32_768
+
 FloatArray = npt.NDArray[np.float32]
 
 
@@ -97,7 +102,8 @@ class EmbeddingEngine:
             on_exhausted=on_unhealthy,
             inline=self.inline,
         )
-        self.sessions.warm_up()
+        rows = max(1, min(config.max_batch_items, config.max_batch_tokens // manifest.max_tokens))
+        self.sessions.warm_up(largest=(rows, manifest.max_tokens))
         # Daemon threads: a Rust panic in the tokenizer fails its call, not the server (workers.py).
         self._tokenize_pool = DaemonThreadPool(config.resolved_tokenizer_threads(), "embedder-tokenize")
         limits = BatchLimits(
@@ -172,10 +178,7 @@ class EmbeddingEngine:
             if self.inline.tokenize_inline(texts):
                 encoded = self._encode_inline(texts, truncate)
             else:
-                # A cancelled caller's job is skipped by the pool; a late one is refused when it starts.
-                encoded = await asyncio.get_running_loop().run_in_executor(
-                    self._tokenize_pool, self._encode_in_time, texts, truncate, deadline
-                )
+                encoded = await self._encode_in_pool(texts, truncate, deadline)
             reservation.tokenized()
             tokenize_s = time.monotonic() - started
             result = await reservation.submit(encoded.ids, deadline)
@@ -209,6 +212,25 @@ class EmbeddingEngine:
                 raw[i] = entry.array()
                 counts[i] = entry.tokens
         return EmbedResult(raw, counts, result.tokenize_s, result.queue_s, result.inference_s)
+
+    async def _encode_in_pool(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> Encoded:
+        """Tokenize on the pool, one job of at most ~TOKENIZE_JOB_CHARS at a time. A cancelled caller's
+        next job is never submitted (and a queued one is skipped); a late one is refused when it starts."""
+        loop = asyncio.get_running_loop()
+        jobs = self.tokenizer.jobs(texts, TOKENIZE_JOB_CHARS)
+        if len(jobs) == 1:
+            return await loop.run_in_executor(
+                self._tokenize_pool, self._encode_in_time, texts, truncate, deadline
+            )
+        parts: list[Encoded] = []
+        for job in jobs:  # truncation is judged on the whole request, so its error names the right index
+            parts.append(
+                await loop.run_in_executor(self._tokenize_pool, self._encode_in_time, job, True, deadline)
+            )
+        encoded = Encoded.joined(parts)
+        if not truncate:
+            self.tokenizer.refuse_truncated(encoded)
+        return encoded
 
     def _encode_in_time(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> Encoded:
         """A tokenizer thread's job: nothing is spent on a caller whose deadline passed while it waited."""

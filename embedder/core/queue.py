@@ -8,14 +8,23 @@ would fill `max_batch_tokens` padded tokens (longest x count), when the oldest t
 `max_wait_ms`, or at once when no more texts are on their way (waiting for batch-mates only pays while
 some are coming, so a lone caller on an idle server is not charged `max_wait_ms`).
 
-A batch (`next_batch`) starts from the oldest queued text, so nothing starves, and is filled with the
-texts closest to it in length, to cut padding; with `min_padding_efficiency` a text that would leave
-the batch less than that share of real tokens waits for the next batch instead. Texts whose caller is
+A batch (`next_batch`) starts from the text that fair queuing serves next, and is filled with the texts
+closest to it in length, to cut padding; with `min_padding_efficiency` a text that would leave the
+batch less than that share of real tokens waits for the next batch instead.
+
+Fair queuing (self-clocked, per request, cost = tokens): each text gets a finish tag, the queue's
+virtual time when its request arrived plus the tokens of the request's texts up to and including it;
+the next batch starts from the smallest tag, and the virtual time moves to it. So a request of 512 long
+texts is served interleaved with the requests that arrive after it, instead of ahead of them all (with
+a plain FIFO a one-text call waited behind every text queued before it), and nothing starves: a new
+text's tag is never below the virtual time, which rises with every batch. Texts whose caller is
 gone (cancelled, failed, deadline passed) are dropped on the way and reported by `take_drops`.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -71,6 +80,7 @@ class Item:
     index: int
     ids: list[int]
     enqueued_at: float
+    tag: int = 0  # fair-queuing finish tag (module docstring)
     taken: bool = False
 
 
@@ -89,7 +99,10 @@ class BatchQueue:
     def __init__(self, limits: QueueLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.clock = clock
-        self._fifo: deque[Item] = deque()
+        self._fifo: deque[Item] = deque()  # by age: the max_wait_ms rule
+        self._fair: list[tuple[int, int, Item]] = []  # heap by finish tag: who leads the next batch
+        self._virtual = 0
+        self._seq = itertools.count()
         self._by_length: dict[int, deque[Item]] = {}
         self._queued = 0
         self._drops: list[Drop] = []
@@ -101,9 +114,12 @@ class BatchQueue:
     def push(self, request: Request, rows: Sequence[list[int]]) -> None:
         """Queue one request's token rows, enqueued now."""
         now = self.clock()
+        finish = self._virtual
         for i, ids in enumerate(rows):
-            item = Item(request, i, ids, now)
+            finish += max(1, len(ids))
+            item = Item(request, i, ids, now, finish)
             self._fifo.append(item)
+            heapq.heappush(self._fair, (finish, next(self._seq), item))
             self._by_length.setdefault(len(ids), deque()).append(item)
         self._queued += len(rows)
 
@@ -117,15 +133,17 @@ class BatchQueue:
         return max(0.0, oldest.enqueued_at + self.limits.max_wait_ms / 1000.0 - self.clock())
 
     def next_batch(self) -> list[Item]:
-        """The oldest text plus the texts nearest to it in length, within both batch limits ([] if none)."""
-        oldest = self._oldest_live()
-        if oldest is None:
+        """The text fair queuing serves next plus the texts nearest to it in length, within both batch
+        limits ([] if none)."""
+        lead = self._fairest_live()
+        if lead is None:
             return []
-        self._remove(oldest)
-        batch = [oldest]
-        longest = real = len(oldest.ids)
+        self._virtual = max(self._virtual, lead.tag)
+        self._remove(lead)
+        batch = [lead]
+        longest = real = len(lead.ids)
         now = self.clock()
-        for length in sorted(self._by_length, key=lambda n: (abs(n - len(oldest.ids)), n)):
+        for length in sorted(self._by_length, key=lambda n: (abs(n - len(lead.ids)), n)):
             for item in list(self._by_length.get(length, ())):
                 if len(batch) >= self.limits.max_batch_items:
                     return batch
@@ -146,6 +164,7 @@ class BatchQueue:
         """Remove and return every text still queued (shutdown, or a broken scheduler)."""
         left = [item for item in self._fifo if not item.taken]
         self._fifo.clear()
+        self._fair.clear()
         self._by_length.clear()
         self._queued = 0
         return left
@@ -164,6 +183,20 @@ class BatchQueue:
                 self._fifo.popleft()
                 continue
             if self._drop_if_gone(item, now):
+                continue
+            return item
+        return None
+
+    def _fairest_live(self) -> Item | None:
+        """The live text with the smallest finish tag; taken and dropped ones leave the heap on the way."""
+        now = self.clock()
+        if len(self._fair) > 2 * self._queued + 1024:  # taken by other batches' fills: compact
+            self._fair = [entry for entry in self._fair if not entry[2].taken]
+            heapq.heapify(self._fair)
+        while self._fair:
+            item = self._fair[0][2]
+            if item.taken or self._drop_if_gone(item, now):
+                heapq.heappop(self._fair)
                 continue
             return item
         return None

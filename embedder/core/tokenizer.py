@@ -51,6 +51,16 @@ class Encoded:
     def token_counts(self) -> list[int]:
         return [len(row) for row in self.ids]
 
+    @classmethod
+    def joined(cls, parts: Sequence[Encoded]) -> Encoded:
+        """The encodings of consecutive slices of one text list, as one (indices renumbered)."""
+        ids: list[list[int]] = []
+        truncated: list[int] = []
+        for part in parts:
+            truncated.extend(len(ids) + i for i in part.truncated)
+            ids.extend(part.ids)
+        return cls(ids, truncated)
+
 
 @dataclass(frozen=True)
 class TokenSpans:
@@ -98,6 +108,21 @@ class TextTokenizer:
             return sum(len(t) for t in texts)
         return sum(min(len(t), self._cutter.chars) for t in texts)
 
+    def jobs(self, texts: Sequence[str], max_chars: int) -> list[Sequence[str]]:
+        """`texts` cut into consecutive slices of at most `max_chars` of `cost_chars` each (at least one
+        text per slice), so that tokenizing a large request can be interleaved with other requests."""
+        limit = self._cutter.chars if self._cutter is not None else None
+        slices: list[Sequence[str]] = []
+        start = cost = 0
+        for i, text in enumerate(texts):
+            chars = len(text) if limit is None else min(len(text), limit)
+            if cost + chars > max_chars and i > start:
+                slices.append(texts[start:i])
+                start, cost = i, 0
+            cost += chars
+        slices.append(texts[start:])
+        return slices
+
     def encode(self, texts: Sequence[str], truncate: bool = True) -> Encoded:
         """Encode `texts`; with `truncate=False` a text over `max_tokens` raises `InvalidInputError`."""
         encodings = self._encode_kept(list(texts), self._encode_batch)
@@ -107,12 +132,18 @@ class TextTokenizer:
             ids.append(enc.ids)
             if enc.overflowing:
                 truncated.append(i)
-        if truncated and not truncate:
+        encoded = Encoded(ids=ids, truncated=truncated)
+        if not truncate:
+            self.refuse_truncated(encoded)
+        return encoded
+
+    def refuse_truncated(self, encoded: Encoded) -> None:
+        """The `truncate=false` rule: `InvalidInputError` naming the first text over `max_tokens`."""
+        if encoded.truncated:
             raise InvalidInputError(
-                f"texts[{truncated[0]}]: longer than max_tokens={self.max_tokens} and truncate=false "
-                f"({len(truncated)} text(s) too long)"
+                f"texts[{encoded.truncated[0]}]: longer than max_tokens={self.max_tokens} and "
+                f"truncate=false ({len(encoded.truncated)} text(s) too long)"
             )
-        return Encoded(ids=ids, truncated=truncated)
 
     def spans(self, text: str, truncate: bool = True, field: str = "text") -> TokenSpans:
         """Encode one text keeping offsets and word ids; `field` names it in the truncate=false error."""

@@ -32,11 +32,13 @@ class GatedTokenizer:
         self.open = threading.Event()
         self.entered = threading.Semaphore(0)
         self.seen: list[str] = []
+        self.calls: list[list[str]] = []  # the texts of each encode call, in order
         self._encode = engine.tokenizer.encode
         engine.tokenizer.encode = self.encode  # type: ignore[method-assign]
 
     def encode(self, texts: Sequence[str], truncate: bool = True) -> Encoded:
         self.seen += texts
+        self.calls.append(list(texts))
         self.entered.release()
         self.open.wait(30)
         return self._encode(texts, truncate)
@@ -88,3 +90,27 @@ def test_a_caller_out_of_time_costs_no_tokenizing(gated: tuple[ServerThread, Gat
         gate.open.set()
         assert first.result(timeout=30).count == len(LONG)
     assert "too late for this" not in gate.seen and "waits and gives up" not in gate.seen
+
+
+def test_a_small_request_is_tokenized_between_the_jobs_of_a_large_one(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    srv = start_server(tokenizer_threads=1, inline_tokenize_max_chars=0, max_tokenizing_chars=200_000)
+    gate = GatedTokenizer(srv.running.engine)
+    large = LONG * 12  # 61,440 characters: two tokenizer jobs of at most TOKENIZE_JOB_CHARS
+    try:
+        with grpc.insecure_channel(srv.address) as ch, ThreadPoolExecutor(2) as pool:
+            stub = pb_grpc.EmbedderStub(ch)
+            first = pool.submit(stub.Embed, pb.EmbedRequest(texts=large), timeout=30)
+            assert gate.entered.acquire(timeout=10)  # its first job holds the only tokenizer thread
+            small = pool.submit(stub.Embed, pb.EmbedRequest(texts=["a small request"]), timeout=30)
+            wait_until(lambda: srv.running.engine.scheduler._admission.arriving == 2, what="both admitted")
+            time.sleep(0.2)  # the small request's job reaches the pool's queue
+            gate.open.set()
+            assert first.result(timeout=30).count == len(large)
+            assert small.result(timeout=30).count == 1
+    finally:
+        gate.open.set()
+    # A FIFO of whole requests would run the small one after all of the large one.
+    sizes = [len(call) for call in gate.calls]
+    assert sizes == [sizes[0], 1, len(large) - sizes[0]] and gate.calls[1] == ["a small request"]

@@ -119,11 +119,33 @@ def test_groups_texts_of_like_length() -> None:
     assert {len(i.ids) for i in second} == {3}
 
 
-def test_the_oldest_text_leads_the_next_batch_whatever_its_length() -> None:
-    queue, _ = make(max_batch_items=2)
-    push(queue, [[2] * 30])
-    push(queue, [[3] * 3 for _ in range(6)])
-    assert firsts(queue.next_batch())[0] == 2
+def test_a_small_request_is_not_queued_behind_a_large_one() -> None:
+    queue, _ = make(max_batch_items=10, min_padding_efficiency=0.8)
+    push(queue, rows(1000, 100, length=20))  # a bulk request: 10 batches of work
+    assert len(queue.next_batch()) == 10
+    push(queue, rows(1, 1, length=5))  # arrives after: a FIFO would run it after the other 90
+    assert firsts(queue.next_batch()) == [1]
+
+
+def test_large_and_small_requests_share_batches_fairly_by_tokens() -> None:
+    queue, _ = make(max_batch_items=1)
+    push(queue, rows(1000, 50, length=10))  # 500 tokens
+    push(queue, rows(2000, 50, length=10))  # the same work, queued just after
+    served = [firsts(queue.next_batch())[0] for _ in range(20)]
+    # Interleaved, one text each in turn, not 20 of the first request.
+    assert sum(1 for first in served if first >= 2000) == 10
+
+
+def test_no_text_starves_under_a_stream_of_short_requests() -> None:
+    queue, _ = make(max_batch_items=1)
+    push(queue, [[7] * 30])
+    push(queue, [[3] * 3])
+    served = [firsts(queue.next_batch())]
+    while served[-1] != [7] and len(served) < 50:
+        push(queue, [[3] * 3])  # a new short request for every batch served
+        served.append(firsts(queue.next_batch()))
+    # Its tag is 30 tokens: it leads once the virtual time passes the shorter ones' tags (~10 batches).
+    assert served[-1] == [7] and len(served) <= 11
 
 
 def test_rows_come_back_tagged_with_their_request_and_index() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embedder.core.bundle import Bundle
-from embedder.core.tokenizer import TextTokenizer, pad_batch
+from embedder.core.tokenizer import Encoded, TextTokenizer, pad_batch
 from embedder.errors import InvalidInputError
 
 CLS, SEP = 101, 102
@@ -50,3 +50,22 @@ def test_pad_batch_right_pads_to_longest() -> None:
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]]
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert ids.dtype == np.int64 and mask.dtype == np.int64
+
+
+def test_jobs_cut_a_large_request_into_slices_of_bounded_cost(tok: TextTokenizer) -> None:
+    texts = ["word " * 5000] * 10 + ["short"] * 3  # a long text costs one prefix, not 25,000 chars
+    prefix = tok.cost_chars(texts[:1])
+    assert prefix < 25_000
+    jobs = tok.jobs(texts, 3 * prefix)
+    assert [len(job) for job in jobs] == [3, 3, 3, 4]
+    assert [t for job in jobs for t in job] == texts
+    assert [len(job) for job in tok.jobs(["x" * 100], 10)] == [1]  # never an empty slice
+
+
+def test_joined_slices_encode_as_the_whole_request(tok: TextTokenizer) -> None:
+    texts = ["a short one", "word " * 400, "another short text", "word " * 400, "end"]
+    whole = tok.encode(texts)
+    joined = Encoded.joined([tok.encode(job) for job in tok.jobs(texts, 50)])
+    assert joined == whole and joined.truncated == [1, 3]
+    with pytest.raises(InvalidInputError, match=r"texts\[1\]: longer than max_tokens=.* \(2 text"):
+        tok.refuse_truncated(joined)
