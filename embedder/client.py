@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from embedder.channel import ChannelSecurity
 from embedder.grpc.encoding import unpack
-from embedder.options import VectorOptions
+from embedder.options import RequestOptions
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -43,8 +43,9 @@ RETRYABLE = frozenset(
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientOptions(VectorOptions):
-    """Request options and the retry policy shared by both clients."""
+class ClientOptions(RequestOptions):
+    """Request options (`cache=False`: bypass the servers' embedding cache) and the retry policy shared
+    by both clients."""
 
     encoding: int = pb.ENCODING_FLOAT32
     # Overall time budget of one `embed()` call, retries included.
@@ -68,6 +69,7 @@ class ClientOptions(VectorOptions):
             normalize=self.normalize,
             dimensions=self.dimensions,
             truncate=self.truncate,
+            cache=self.cache,
             encoding=self.encoding,  # type: ignore[arg-type]
             model=self.model,
         )

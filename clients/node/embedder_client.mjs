@@ -50,10 +50,12 @@ function unary(client, method, request, metadata, deadlineMs) {
 
 /**
  * An Embedder client. `apiKey` (if the server wants one) goes in `authorization: Bearer <key>`.
- * Methods return promises; embedStream(requests) sends all requests and resolves to the responses in
- * request order (each carries its request_id).
+ * `cache: false` sends every Embed/EmbedStream request with `cache: false` (bypass the server's
+ * embedding cache) unless the request sets `cache` itself. Methods return promises;
+ * embedStream(requests) sends all requests and resolves to the responses in request order (each
+ * carries its request_id).
  */
-export function connect(address, { apiKey = "", deadlineMs = 30_000, tls = {} } = {}) {
+export function connect(address, { apiKey = "", deadlineMs = 30_000, tls = {}, cache = true } = {}) {
   const api = loadApi();
   const creds = credentials(tls);
   const stub = new api.Embedder(address, creds);
@@ -63,12 +65,13 @@ export function connect(address, { apiKey = "", deadlineMs = 30_000, tls = {} } 
     if (apiKey) md.set("authorization", `Bearer ${apiKey}`);
     return md;
   };
+  const withCache = (request) => ({ cache, ...request });
   return {
-    embed: (request) => unary(stub, "Embed", request, metadata(), deadlineMs),
+    embed: (request) => unary(stub, "Embed", withCache(request), metadata(), deadlineMs),
     getModelInfo: () => unary(stub, "GetModelInfo", {}, metadata(), deadlineMs),
     explain: (request) => unary(stub, "Explain", request, metadata(), deadlineMs),
     health: async (service = "") => (await unary(health, "check", { service }, metadata(), deadlineMs)).status,
-    embedStream: (requests) => embedStream(stub, requests, metadata(), deadlineMs),
+    embedStream: (requests) => embedStream(stub, requests.map(withCache), metadata(), deadlineMs),
     close: () => {
       stub.close();
       health.close();
