@@ -36,7 +36,8 @@ FloatArray = npt.NDArray[np.float32]
 # CANCELLED too: these clients never cancel a call themselves (their own deadline is DEADLINE_EXCEEDED,
 # a cancelled asyncio task raises CancelledError), so a CANCELLED status comes from the far end: a server
 # whose gRPC stop cut off a call that had just arrived (a rolling restart). Embed and GetModelInfo are
-# idempotent, so trying again elsewhere is safe.
+# idempotent, so trying again elsewhere is safe. The Node client (clients/node) has the same codes and
+# ClientOptions' defaults; tests/integration/test_node_retries.py fails if the two drift apart.
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 )
