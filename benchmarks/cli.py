@@ -4,7 +4,7 @@ streamrec-bench                    full run (<= 20 min): every model, modes (a)(
 streamrec-bench --quick            the same pipeline in < 2 min (a smoke test; `make test` runs it)
 streamrec-bench --models cnn,minilm-fp32 --bundle DIR --rounds 2 --run-id NAME --out-dir DIR
 streamrec-bench --resume RUN_ID    finish an interrupted run (finished phases are kept)
-streamrec-bench serving --bundle models/streamrec-cnn-v1 [--rounds 2] [--seconds 5] [--out FILE.json]
+streamrec-bench serving --bundle models/streamrec-cnn-v1 [--rounds 2] [--inputs items] [--out FILE.json]
 streamrec-bench baselines [--rebuild]   build the MiniLM fp32/int8 and model2vec bundles into the cache
 streamrec-bench mixed-attack [--seconds 60]   normal load under a Watch + long-text flood (issue 14)
 streamrec-bench overhead --bundle DIR [--callers 64] [--seconds 5]   server vs model on its own batches
@@ -65,14 +65,10 @@ def _write_out(args: argparse.Namespace, report: dict[str, Any]) -> None:
 def _run_serving(args: argparse.Namespace) -> int:
     from benchmarks.serving import markdown, run_serving_benchmark  # lazy: keeps `--help` fast
 
-    report = run_serving_benchmark(Path(args.bundle), rounds=args.rounds, seconds=args.seconds)
-    text = json.dumps(report, indent=2, default=str)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    else:
-        print(text)
-    print(markdown(report), file=sys.stderr if not args.out else sys.stdout)
+    inputs = _inputs(args)
+    report = run_serving_benchmark(Path(args.bundle), inputs, rounds=args.rounds, seconds=args.seconds)
+    _write_out(args, report)
+    print(markdown(report))
     return 0
 
 
@@ -81,7 +77,9 @@ def _add_serving(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"bundle directory (default {DEFAULT_BUNDLE})")
     p.add_argument("--rounds", type=int, default=2, help="interleaved gRPC / in-process rounds (default 2)")
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per load run (default 5)")
-    p.add_argument("--out", help="write the JSON report here (default: stdout)")
+    p.add_argument("--input-texts", type=int, default=4096, help="distinct texts to use (default 4096)")
+    p.add_argument("--out", help="also write the JSON report here")
+    add_input_flags(p)
     p.set_defaults(run=_run_serving)
 
 

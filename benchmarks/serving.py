@@ -1,12 +1,14 @@
 """Serving benchmark: one run measures everything issue 3 asks for, on one bundle.
 
-- end-to-end gRPC throughput (requests of 32 item texts, 20-40 words), swept over a few server configs
-  and caller counts, best reported; the server is a real subprocess (`streamrec-embedder serve`);
+- end-to-end gRPC throughput (requests of 32 texts of the chosen input set: by default `items`, held-out
+  Debian catalogue items of 20-40 words; benchmarks/inputs.py), swept over a few server configs and
+  caller counts, best reported; the server is a real subprocess (`streamrec-embedder serve`);
 - in-process throughput (tokenizer + ONNX, same 32-text batches, as many threads as the server) and
   the efficiency ratio gRPC / in-process;
 - one caller, one text per call: p50 / p99;
 - server RSS (peak during load, psutil) and start-to-SERVING time.
 The machine is shared, so the throughput figures are run in interleaved rounds; median and max reported.
+The report names the input set and the CPU's flags: figures of two sets or two CPUs do not compare.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,10 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks import environment
 from benchmarks.in_process import make_engine
-from benchmarks.loadgen import Window, batches, closed_loop, cpu_s, item_texts, single_caller_latency
+from benchmarks.inputs import Inputs, requests_of
+from benchmarks.loadgen import LoadResult, Window, closed_loop, cpu_s, single_caller_latency
 from embedder.core.bundle import load_bundle
 
 TARGETS = {
@@ -198,71 +202,89 @@ def _grpc_sweep(
     return runs, best
 
 
-def run_serving_benchmark(bundle: Path, rounds: int = 2, seconds: float = 5.0) -> dict[str, Any]:
-    """Everything in one run; returns a JSON-able report."""
-    texts = item_texts(32 * 256, seed=0)
-    requests = batches(texts, 32)
-    sweep, best = _grpc_sweep(bundle, requests, seconds)
-    best_flags = best["config"]
-    best_concurrency = best["concurrency"]
-    grpc_rounds: list[float] = []
-    grpc_cpu: list[float] = []
-    client_cpu: list[float] = []
-    inproc_cpu: list[float] = []
-    inproc_rounds: list[float] = []
-    starts: list[float] = []
-    peak_rss = 0.0
-    for _ in range(rounds):  # interleaved: the shared machine drifts between fast and slow states
-        with server_process(bundle, **best_flags) as server, rss_sampler(server):
-            starts.append(server.start_to_serving_s)
-            r = closed_loop(
-                server.address,
-                requests,
-                best_concurrency,
-                Window(seconds, min_requests=20),
-                cpu_pid=server.proc.pid,
-            )
-            grpc_cpu.append(r.cpu_ms_per_item or 0.0)
-            client_cpu.append(r.client_cpu_ms_per_item or 0.0)
-            grpc_rounds.append(r.items_per_s)
-            peak_rss = max(peak_rss, server.peak_rss_mb)
+@dataclass
+class _Rounds:
+    """The figures of the interleaved gRPC / in-process rounds, one entry per round."""
+
+    grpc_items_per_s: list[float] = field(default_factory=list)
+    grpc_cpu_ms: list[float] = field(default_factory=list)
+    client_cpu_ms: list[float] = field(default_factory=list)
+    in_process_items_per_s: list[float] = field(default_factory=list)
+    in_process_cpu_ms: list[float] = field(default_factory=list)
+    starts_s: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+
+    def ratios(self) -> list[float]:
+        return [g / i for g, i in zip(self.grpc_items_per_s, self.in_process_items_per_s, strict=True)]
+
+
+def _interleaved_rounds(
+    bundle: Path, requests: list[list[str]], best: dict[str, Any], rounds: int, seconds: float
+) -> _Rounds:
+    """gRPC at the best swept config, then in-process, `rounds` times: the shared machine drifts between
+    fast and slow states, so neither side gets all the fast ones."""
+    out = _Rounds()
+    for _ in range(rounds):
+        with server_process(bundle, **best["config"]) as server, rss_sampler(server):
+            out.starts_s.append(server.start_to_serving_s)
+            window = Window(seconds, min_requests=20)
+            r = closed_loop(server.address, requests, best["concurrency"], window, cpu_pid=server.proc.pid)
+            out.grpc_cpu_ms.append(r.cpu_ms_per_item or 0.0)
+            out.client_cpu_ms.append(r.client_cpu_ms_per_item or 0.0)
+            out.grpc_items_per_s.append(r.items_per_s)
+            out.peak_rss_mb = max(out.peak_rss_mb, server.peak_rss_mb)
         rate, cpu_ms = in_process_items_per_s(bundle, requests, seconds)
-        inproc_rounds.append(rate)
-        inproc_cpu.append(cpu_ms)
-    with server_process(bundle) as server:
-        latency = single_caller_latency(server.address, texts[:500])
-        starts.append(server.start_to_serving_s)
-        idle_rss = server.rss_mb()
-    ratios = [g / i for g, i in zip(grpc_rounds, inproc_rounds, strict=True)]
-    summary = {
-        "grpc_items_per_s": statistics.median(grpc_rounds),
-        "grpc_items_per_s_max": max(grpc_rounds),
-        "in_process_items_per_s": statistics.median(inproc_rounds),
-        "in_process_items_per_s_max": max(inproc_rounds),
-        "efficiency": statistics.median(ratios),
+        out.in_process_items_per_s.append(rate)
+        out.in_process_cpu_ms.append(cpu_ms)
+    return out
+
+
+def _summary(r: _Rounds, latency: LoadResult, idle_rss_mb: float) -> dict[str, Any]:
+    grpc_cpu, inproc_cpu = statistics.median(r.grpc_cpu_ms), statistics.median(r.in_process_cpu_ms)
+    return {
+        "grpc_items_per_s": statistics.median(r.grpc_items_per_s),
+        "grpc_items_per_s_max": max(r.grpc_items_per_s),
+        "in_process_items_per_s": statistics.median(r.in_process_items_per_s),
+        "in_process_items_per_s_max": max(r.in_process_items_per_s),
+        "efficiency": statistics.median(r.ratios()),
         # Robust to other tenants: CPU per item, in-process vs server (the client's CPU reported apart).
-        "server_cpu_ms_per_item": round(statistics.median(grpc_cpu), 4),
-        "client_cpu_ms_per_item": round(statistics.median(client_cpu), 4),
-        "in_process_cpu_ms_per_item": round(statistics.median(inproc_cpu), 4),
-        "cpu_efficiency": round(statistics.median(inproc_cpu) / statistics.median(grpc_cpu), 3),
+        "server_cpu_ms_per_item": round(grpc_cpu, 4),
+        "client_cpu_ms_per_item": round(statistics.median(r.client_cpu_ms), 4),
+        "in_process_cpu_ms_per_item": round(inproc_cpu, 4),
+        "cpu_efficiency": round(inproc_cpu / grpc_cpu, 3),
         "single_p50_ms": latency.p50_ms,
         "single_p99_ms": latency.p99_ms,
-        "rss_mb": round(peak_rss, 1),
-        "idle_rss_mb": round(idle_rss, 1),
-        "start_to_serving_s": round(statistics.median(starts), 3),
+        "rss_mb": round(r.peak_rss_mb, 1),
+        "idle_rss_mb": round(idle_rss_mb, 1),
+        "start_to_serving_s": round(statistics.median(r.starts_s), 3),
     }
+
+
+def run_serving_benchmark(
+    bundle: Path, inputs: Inputs, rounds: int = 2, seconds: float = 5.0
+) -> dict[str, Any]:
+    """Everything in one run on `inputs` (requests of 32 of its texts); returns a JSON-able report."""
+    requests = requests_of(inputs.texts, 32)
+    sweep, best = _grpc_sweep(bundle, requests, seconds)
+    measured = _interleaved_rounds(bundle, requests, best, rounds, seconds)
+    with server_process(bundle) as server:
+        latency = single_caller_latency(server.address, inputs.texts[:500])
+        measured.starts_s.append(server.start_to_serving_s)
+        idle_rss = server.rss_mb()
     return {
         "bundle": str(bundle),
         "manifest": dataclasses.asdict(load_bundle(bundle).manifest),
+        "inputs": inputs.describe(),
+        "environment": environment.describe(),
         "cpu_count": os.cpu_count(),
         "load_avg_at_end": os.getloadavg(),
-        "best_config": {"server_flags": best_flags, "concurrency": best_concurrency},
-        "summary": summary,
+        "best_config": {"server_flags": best["config"], "concurrency": best["concurrency"]},
+        "summary": _summary(measured, latency, idle_rss),
         "targets": TARGETS,
         "rounds": {
-            "grpc_items_per_s": grpc_rounds,
-            "in_process_items_per_s": inproc_rounds,
-            "efficiency": ratios,
+            "grpc_items_per_s": measured.grpc_items_per_s,
+            "in_process_items_per_s": measured.in_process_items_per_s,
+            "efficiency": measured.ratios(),
         },
         "sweep": sweep,
         "single_caller": latency.to_dict(),
@@ -271,9 +293,15 @@ def run_serving_benchmark(bundle: Path, rounds: int = 2, seconds: float = 5.0) -
 
 def markdown(report: dict[str, Any]) -> str:
     """The summary as a table with each target and pass/miss."""
-    s = report["summary"]
+    s, inputs, env = report["summary"], report["inputs"], report["environment"]
     lower_is_better = {"single_p50_ms", "single_p99_ms", "rss_mb", "start_to_serving_s"}
-    lines = ["| measure | value | target | |", "|---|---|---|---|"]
+    lines = [
+        f"Inputs: set `{inputs['set']}`, {inputs['count']} texts ({inputs['source']}), requests of 32 texts. "
+        f"CPU: {env['cpu_model']}, {', '.join(env['cpu_flags']) or 'no AVX flags'}.",
+        "",
+        "| measure | value | target | |",
+        "|---|---|---|---|",
+    ]
     for key, target in report["targets"].items():
         ok = s[key] <= target if key in lower_is_better else s[key] >= target
         sign = "<=" if key in lower_is_better else ">="

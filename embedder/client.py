@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from embedder.channel import ChannelSecurity
 from embedder.grpc.encoding import unpack
-from embedder.options import VectorOptions
+from embedder.options import RequestOptions
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -36,15 +36,17 @@ FloatArray = npt.NDArray[np.float32]
 # CANCELLED too: these clients never cancel a call themselves (their own deadline is DEADLINE_EXCEEDED,
 # a cancelled asyncio task raises CancelledError), so a CANCELLED status comes from the far end: a server
 # whose gRPC stop cut off a call that had just arrived (a rolling restart). Embed and GetModelInfo are
-# idempotent, so trying again elsewhere is safe.
+# idempotent, so trying again elsewhere is safe. The Node client (clients/node) has the same codes and
+# ClientOptions' defaults; tests/integration/test_node_retries.py fails if the two drift apart.
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 )
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientOptions(VectorOptions):
-    """Request options and the retry policy shared by both clients."""
+class ClientOptions(RequestOptions):
+    """Request options (`cache=False`: bypass the servers' embedding cache) and the retry policy shared
+    by both clients."""
 
     encoding: int = pb.ENCODING_FLOAT32
     # Overall time budget of one `embed()` call, retries included.
@@ -68,6 +70,7 @@ class ClientOptions(VectorOptions):
             normalize=self.normalize,
             dimensions=self.dimensions,
             truncate=self.truncate,
+            cache=self.cache,
             encoding=self.encoding,  # type: ignore[arg-type]
             model=self.model,
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
+import subprocess
 import threading
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
@@ -17,6 +19,7 @@ from embedder.config import ServerConfig, load_config
 from embedder.core.bundle import Bundle
 from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from embedder.grpc.server import RunningServer, create_server
+from tests.prereqs import NODE_CLIENT
 
 T = TypeVar("T")
 
@@ -92,3 +95,21 @@ def add_version(root: Path, bundle: Bundle) -> Path:
     dest = root / bundle.manifest.name / bundle.manifest.version
     shutil.copytree(bundle.path, dest)
     return dest
+
+
+def run_node(script: str, *args: str, payload: Any) -> dict[str, Any]:
+    """Run `clients/node/<script> ARGS` with `payload` as JSON on stdin; its stdout, parsed (bounded:
+    120 s). For tests marked `requires_node`."""
+    node = shutil.which("node")
+    assert node is not None
+    proc = subprocess.run(
+        [node, str(NODE_CLIENT / script), *args],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result

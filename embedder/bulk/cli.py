@@ -23,7 +23,7 @@ from embedder.bulk.job import (
     parts_dir,
 )
 from embedder.config import ServerConfig
-from embedder.options import add_vector_flags, vector_flags
+from embedder.options import add_cache_flag, add_vector_flags, request_flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="name or name@version: with --address, the servers' model; else one of the configured bundles",
     )
     add_vector_flags(parser, verb="store")
+    add_cache_flag(parser)
     parser.add_argument("--restart", action="store_true", help="discard parts of an earlier run")
     parser.add_argument("--keep-parts", action="store_true", help="keep <out>.parts/ after joining")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -61,7 +62,7 @@ def options_from_args(args: argparse.Namespace) -> BulkOptions:
         id_field=args.id_field,
         shard_items=args.shard_items,
         batch_items=args.batch_items,
-        **vector_flags(args),
+        **request_flags(args),
     )
 
 

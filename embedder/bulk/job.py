@@ -47,7 +47,7 @@ from embedder.config import ServerConfig
 from embedder.core.bundle import load_bundle
 from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from embedder.errors import EmbedderError
-from embedder.options import VectorOptions
+from embedder.options import RequestOptions
 
 __all__ = ["BulkError", "BulkOptions", "BulkReport", "LocalEmbedder", "RemoteEmbedder", "embed_file"]
 JOB_FORMAT = 1
@@ -55,8 +55,9 @@ JOB_FILE = "job.json"
 
 
 @dataclass(frozen=True, kw_only=True)
-class BulkOptions(VectorOptions):
-    """What a bulk job reads and how it embeds. `batch_items` and concurrency do not change the vectors."""
+class BulkOptions(RequestOptions):
+    """What a bulk job reads and how it embeds. `batch_items`, concurrency and `cache` (through servers
+    only) do not change the vectors."""
 
     text_field: str = "text"
     id_field: str = "id"
@@ -64,7 +65,7 @@ class BulkOptions(VectorOptions):
     batch_items: int = 64
 
     def embed_options(self) -> EmbedOptions:
-        return EmbedOptions(**self.vector_fields())
+        return EmbedOptions(**self.request_fields())
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed job must share with the one that wrote the parts."""
@@ -141,7 +142,7 @@ class RemoteEmbedder:
     ) -> None:
         """`model`: "name" or "name@version" on the servers ("" = their default); the resume fingerprint
         records the version that answered, so a rerun against another version is refused."""
-        client_options = ClientOptions(**options.vector_fields(), timeout_s=120.0, max_attempts=8)
+        client_options = ClientOptions(**options.request_fields(), timeout_s=120.0, max_attempts=8)
         self.client = EmbedderClient(addresses, client_options, model=model)
         try:
             info = self.client.model_info()

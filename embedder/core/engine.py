@@ -29,7 +29,7 @@ from embedder.core.session import SessionFactory, SessionPool
 from embedder.core.tokenizer import Encoded, TextTokenizer
 from embedder.core.workers import DaemonThreadPool, call_guarded
 from embedder.errors import ConfigError, DeadlineExceededError, InvalidInputError
-from embedder.options import VectorOptions
+from embedder.options import RequestOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,9 @@ TOKENIZE_JOB_CHARS = 32_768
 FloatArray = npt.NDArray[np.float32]
 
 
-@dataclass(frozen=True, kw_only=True)
-class EmbedOptions(VectorOptions):
-    """What a caller may ask of the pipeline (a front end adds its own wire options, e.g. the encoding)."""
-
-    # False: neither read nor fill the embedding cache (e.g. a one-off bulk pass over a catalogue).
-    cache: bool = True
+# What a caller may ask of the pipeline: the vector options and the cache bypass, defined once in
+# embedder/options.py (a front end keeps its own wire options, e.g. the encoding, apart).
+EmbedOptions = RequestOptions
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def embed_request(request: pb.EmbedRequest | None) -> tuple[EmbedOptions, int]:
         normalize=request.normalize if request.HasField("normalize") else True,
         dimensions=request.dimensions,
         truncate=request.truncate if request.HasField("truncate") else True,
+        cache=request.cache if request.HasField("cache") else True,
     )
     return options, int(request.encoding)
 

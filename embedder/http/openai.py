@@ -5,6 +5,8 @@ Request (`POST /v1/embeddings`): `input` (a string or a list of strings; token-i
 bytes), `user` (ignored). Embeddings are L2-normalised, as OpenAI's are. Response: `{"object": "list",
 "data": [{"object": "embedding", "index", "embedding"}], "model", "usage": {"prompt_tokens",
 "total_tokens"}}`, where tokens are the model's own, special tokens included (as gRPC's token_counts).
+One extension to OpenAI's body: `cache` (boolean, default true), false to bypass the embedding cache as
+gRPC's `EmbedRequest.cache` does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from embedder.core.engine import EmbedOptions, EmbedResult
 from embedder.errors import InvalidInputError
 
 ENCODING_FORMATS = ("float", "base64")
-_KNOWN = {"input", "model", "dimensions", "encoding_format", "user"}
+_KNOWN = {"input", "model", "dimensions", "encoding_format", "user", "cache"}
 
 
 class ParamError(InvalidInputError):
@@ -54,7 +56,10 @@ def parse_request(raw: Any) -> EmbeddingsRequest:
     dimensions = raw.get("dimensions") or 0
     if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 0:
         raise ParamError("dimensions", f"must be a positive integer, got {raw.get('dimensions')!r}")
-    options = EmbedOptions(normalize=True, dimensions=dimensions, truncate=True)
+    cache = raw.get("cache", True)
+    if not isinstance(cache, bool):
+        raise ParamError("cache", f"must be true or false, got {cache!r}")
+    options = EmbedOptions(normalize=True, dimensions=dimensions, truncate=True, cache=cache)
     return EmbeddingsRequest(_texts(raw.get("input")), model, options, encoding_format)
 
 

@@ -26,7 +26,7 @@ ATTRIBUTION_KIND_SPECIAL: AttributionKind
 ATTRIBUTION_KIND_BIAS: AttributionKind
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("texts", "normalize", "dimensions", "truncate", "encoding", "request_id", "model")
+    __slots__ = ("texts", "normalize", "dimensions", "truncate", "encoding", "request_id", "model", "cache")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class EmbedRequest(_message.Message):
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     normalize: bool
     dimensions: int
@@ -41,7 +42,8 @@ class EmbedRequest(_message.Message):
     encoding: Encoding
     request_id: str
     model: str
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., truncate: _Optional[bool] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    cache: bool
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., truncate: _Optional[bool] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., cache: _Optional[bool] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("tokenize_us", "queue_us", "inference_us", "total_us")

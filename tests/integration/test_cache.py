@@ -1,5 +1,6 @@
 """The embedding cache in the engine: bit-identical answers, options applied after it, never another
-model version's vector, truncate=false still enforced, the bypass option, and its metrics over gRPC.
+model version's vector, truncate=false still enforced, the bypass option (in the core and on the wire),
+and its metrics over gRPC.
 
 "Bit-identical" is checked against an engine without a cache on the same batches: the model's output
 for a text can differ in the last bits with its batch-mates (core/cache.py), so every comparison here
@@ -16,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedder.client import AsyncEmbedderClient, ClientOptions, EmbedderClient
 from embedder.core.bundle import Bundle, load_bundle
 from embedder.core.cache import EmbeddingCache
 from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from embedder.errors import InvalidInputError
 from tests.integration.test_metrics import scrape, value
-from tests.support import make_config, sample_texts
+from tests.support import ServerThread, make_config, sample_texts
 
 OPTIONS = (EmbedOptions(), EmbedOptions(normalize=False), EmbedOptions(dimensions=64))
 Embed = Callable[[EmbeddingEngine, list[str], EmbedOptions], Awaitable[np.ndarray]]
@@ -118,8 +120,6 @@ def test_the_bypass_option_neither_reads_nor_fills_the_cache(bundle: Bundle) -> 
 
 
 def test_cache_metrics_over_grpc(start_server) -> None:  # type: ignore[no-untyped-def]
-    from embedder.client import EmbedderClient
-
     srv = start_server(embedding_cache_mb=8)
     texts = sample_texts(7)
     with EmbedderClient([srv.address]) as client:
@@ -134,3 +134,36 @@ def test_cache_metrics_over_grpc(start_server) -> None:  # type: ignore[no-untyp
     assert value(families, p + "capacity_bytes", p + "capacity_bytes") == 8 * 2**20
     assert 7 * 4 * srv.running.engine.manifest.dim < value(families, p + "bytes", p + "bytes") < 2**20
     assert value(families, p + "evictions_total", p + "evictions_total") == 0
+
+
+def _cache_counters(srv: ServerThread) -> tuple[float, ...]:
+    """(hits, misses, entries) from the server's /metrics."""
+    p = "streamrec_embedder_cache_"
+    families = scrape(srv.metrics_url)
+    return tuple(value(families, p + n, p + n) for n in ("hits_total", "misses_total", "entries"))
+
+
+def test_a_bypassed_call_over_grpc_leaves_the_cache_alone(start_server: Callable[..., ServerThread]) -> None:
+    """A real server with the cache on: `cache=false` on the wire (both clients' `ClientOptions`) neither
+    fills the cache nor reads it, so its counters stand still, and the vectors are bit for bit those
+    the cache serves (one caller, the same request shape: the same batches)."""
+    srv = start_server(embedding_cache_mb=8)
+    texts = sample_texts(7, seed=5)
+    bypass = ClientOptions(cache=False)
+
+    async def embed_async() -> np.ndarray:
+        async with AsyncEmbedderClient([srv.address], bypass) as client:
+            return await client.embed(texts)
+
+    with EmbedderClient([srv.address], bypass) as client:
+        into_empty = client.embed(texts)
+    assert _cache_counters(srv) == (0, 0, 0)  # not filled
+    with EmbedderClient([srv.address]) as client:
+        missed, hit = client.embed(texts), client.embed(texts)
+    assert _cache_counters(srv) == (7, 7, 7)
+    with EmbedderClient([srv.address], bypass) as client:
+        bypassed = client.embed(texts)
+    bypassed_async = asyncio.run(asyncio.wait_for(embed_async(), timeout=60))
+    assert _cache_counters(srv) == (7, 7, 7)  # every text was cached, and none was read
+    for got in (into_empty, hit, bypassed, bypassed_async):
+        assert got.tobytes() == missed.tobytes()

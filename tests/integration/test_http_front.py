@@ -254,6 +254,26 @@ def test_the_embedding_cache_serves_both_fronts(
     assert sample(srv.metrics_url, "streamrec_embedder_cache_hits_total") >= len(texts)
 
 
+def test_the_cache_extension_field_bypasses_the_cache(
+    start_server: Callable[..., ServerThread], bundle: Bundle
+) -> None:
+    srv = start_server(http_port=0, http_host="127.0.0.1", embedding_cache_mb=4.0)
+    body = {"model": bundle.manifest.name, "input": ["bypassed over HTTP", "and its neighbour"]}
+
+    def counters() -> tuple[float, float]:
+        m, p = srv.metrics_url, "streamrec_embedder_cache_"
+        return sample(m, p + "hits_total"), sample(m, p + "misses_total")
+
+    status, into_empty = call(srv, "/v1/embeddings", {**body, "cache": False})
+    assert status == 200 and counters() == (0, 0)
+    status, filled = call(srv, "/v1/embeddings", body)
+    assert status == 200 and counters() == (0, 2)
+    status, bypassed = call(srv, "/v1/embeddings", {**body, "cache": False})
+    assert status == 200 and counters() == (0, 2)
+    assert bypassed["data"] == filled["data"] == into_empty["data"]
+    _error(call(srv, "/v1/embeddings", {**body, "cache": "no"}), 400, "cache")
+
+
 def test_model_selects_the_version_as_grpc_does(
     start_server: Callable[..., ServerThread],
     bundle: Bundle,

@@ -7,9 +7,6 @@ Needs Node.js and `make node-deps` (the `requires_node` marker skips without the
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from typing import Any
 
 import grpc
@@ -21,8 +18,7 @@ from embedder.core.engine import EmbeddingEngine
 from embedder.grpc.server import SERVICE_NAME
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
-from tests.prereqs import NODE_CLIENT
-from tests.support import ServerThread, embed_reference, sample_texts
+from tests.support import ServerThread, embed_reference, run_node, sample_texts
 
 pytestmark = pytest.mark.requires_node
 
@@ -34,19 +30,7 @@ STREAM = [TEXTS[:3], TEXTS[3:4], TEXTS[4:12]]
 
 @pytest.fixture(scope="module")
 def node_result(server: ServerThread) -> dict[str, Any]:
-    node = shutil.which("node")
-    assert node is not None
-    proc = subprocess.run(
-        [node, str(NODE_CLIENT / "interop.mjs"), server.address],
-        input=json.dumps({"texts": TEXTS, "stream": STREAM}),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
+    return run_node("interop.mjs", server.address, payload={"texts": TEXTS, "stream": STREAM})
 
 
 @pytest.fixture(scope="module")

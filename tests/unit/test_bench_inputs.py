@@ -1,4 +1,5 @@
-"""Benchmark input sets: held-out Debian items of 20-40 words, a user's file, and the named fallbacks.
+"""Benchmark input sets: held-out Debian items of 20-40 words, a user's file, and the named fallbacks;
+and the focused subcommands (`serving`) reading them through the shared loader.
 
 The apt lists here are written by the test (an uncompressed Translation-en file), so the test is the
 same on every machine; the real lists are read by `streamrec-bench --quick` (test_bench_quick.py).
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from benchmarks.inputs import CORPUS_CONFIG, ITEM_WORDS, load_inputs
+from benchmarks.inputs import CORPUS_CONFIG, ITEM_WORDS, Inputs, load_inputs
 from training.corpus import is_heldout, load_corpus_config, text_digest
 
 WORDS = [
@@ -107,3 +109,65 @@ def test_cache_streams_zipf_repeats_popular_items_unique_never_repeats(apt_lists
     assert zipf_stream(items, 100, seed=3) == zipf_stream(items, 100, seed=3)
     unique = unique_stream(items, 5000)
     assert len(set(unique)) == 5000
+
+
+def _serving_report(inputs: Inputs) -> dict[str, Any]:
+    """A report of the shape `run_serving_benchmark` returns, with made-up figures (nothing is measured)."""
+    from benchmarks.serving import TARGETS
+
+    extra = (
+        "in_process_items_per_s",
+        "server_cpu_ms_per_item",
+        "in_process_cpu_ms_per_item",
+        "cpu_efficiency",
+    )
+    return {
+        "inputs": inputs.describe(),
+        "environment": {"cpu_model": "a test CPU", "cpu_flags": ["avx2"]},
+        "summary": dict.fromkeys([*TARGETS, *extra], 1.0),
+        "targets": TARGETS,
+        "best_config": {},
+        "load_avg_at_end": [0.0, 0.0, 0.0],
+    }
+
+
+@pytest.mark.parametrize(
+    "case", [([], "items"), (["--inputs", "heldout"], "heldout"), (["--texts", "mine"], "file")]
+)
+def test_serving_subcommand_loads_the_shared_input_sets_and_names_the_set(
+    apt_lists: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[list[str], str],
+) -> None:
+    """`streamrec-bench serving` takes its texts from the shared loader (default: the item set) and its
+    report and table name the set. The benchmark itself is replaced: only what it was given is checked."""
+    import benchmarks.inputs
+    import benchmarks.serving
+    from benchmarks.cli import build_parser, main
+
+    flags, expected = case
+    defaults = build_parser().parse_args(["serving"])
+    assert (defaults.inputs, defaults.texts, defaults.input_texts) == ("items", None, 4096)
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"text": f"held-out text {i}"}) + "\n" for i in range(50)))
+    (tmp_path / "mine").write_text("my first item\nmy second item\n", encoding="utf-8")
+    real = benchmarks.inputs.load_inputs
+    monkeypatch.setattr(
+        benchmarks.inputs, "load_inputs", lambda *a, **k: real(*a, **k, apt_lists=apt_lists, heldout=heldout)
+    )
+    given: list[Inputs] = []
+
+    def run(bundle: Path, inputs: Inputs, rounds: int, seconds: float) -> dict[str, Any]:
+        given.append(inputs)
+        return _serving_report(inputs)
+
+    monkeypatch.setattr(benchmarks.serving, "run_serving_benchmark", run)
+    monkeypatch.chdir(tmp_path)
+    assert main(["serving", "--bundle", "b", "--out", "report.json", *flags]) == 0
+    assert [i.name for i in given] == [expected] and given[0].texts
+    if expected == "items":
+        assert all(ITEM_WORDS[0] <= len(t.split()) <= ITEM_WORDS[1] for t in given[0].texts)
+    assert f"Inputs: set `{expected}`, {len(given[0].texts)} texts" in capsys.readouterr().out
+    assert json.loads((tmp_path / "report.json").read_text())["inputs"]["set"] == expected
