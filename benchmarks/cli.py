@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.inputs import INPUT_SETS, Inputs  # numpy + tokenizers: ~0.2 s, the one eager import of --help
-
-DEFAULT_BUNDLE = "models/streamrec-cnn-v1"
+from embedder.config import DEFAULT_BUNDLE
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # --quick runs are smoke tests, not results to commit: they go to the (git-ignored) cache by default.

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.baselines import BASELINES, DEFAULT_CACHE, ensure_baseline, is_cached
+from embedder import config
 from embedder.core.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = REPO_ROOT / "models" / "streamrec-cnn-v1"
+DEFAULT_BUNDLE = REPO_ROOT / config.DEFAULT_BUNDLE
 DEFAULT_MODELS = ("cnn", "minilm-fp32", "minilm-int8", "model2vec")
 CNN = "cnn"
 TEACHER = "minilm-fp32"

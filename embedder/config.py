@@ -19,13 +19,16 @@ ENV_PREFIX = "STREAMREC_EMBEDDER_"
 # Fields that are never command-line flags (anyone on the host can read a command line with `ps`).
 SECRET_FIELDS = frozenset({"api_keys"})
 
+# The committed default model bundle, relative to the repository root (the one place that names it).
+DEFAULT_BUNDLE = "models/streamrec-cnn-v1"
+
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Every serving knob. `workers=0` means one inference worker per CPU core."""
 
     # Bundle directories to serve, comma-separated (the `--bundle` flag may be repeated instead).
-    bundle: str = "models/streamrec-cnn-v1"
+    bundle: str = DEFAULT_BUNDLE
     # A model repository (NAME/VERSION/ bundles, docs/bundle.md): served instead of `bundle`, re-read on
     # SIGHUP and by the ReloadModels RPC.
     model_repository: str = ""

@@ -14,11 +14,12 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
+from embedder import config
 from embedder.client import ClientOptions, EmbedderClient
 from embedder.core.bundle import load_bundle
 from tests.support import ServerThread, sample_texts
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "streamrec-cnn-v1"
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / config.DEFAULT_BUNDLE
 
 
 @pytest.mark.skipif(

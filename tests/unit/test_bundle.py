@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from embedder.cli import main
+from embedder.config import DEFAULT_BUNDLE
 from embedder.core.bundle import (
     MANIFEST_FILE,
     TOKENIZER_FILE,
@@ -27,7 +28,7 @@ from embedder.core.bundle import (
 )
 from embedder.errors import BundleError
 
-COMMITTED = Path(__file__).resolve().parents[2] / "models" / "streamrec-cnn-v1"
+COMMITTED = Path(__file__).resolve().parents[2] / DEFAULT_BUNDLE
 
 
 def _copy(bundle: Bundle, tmp_path: Path) -> Path:

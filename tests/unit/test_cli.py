@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedder import config
 from embedder.cli import build_parser, main
 from embedder.cli_flags import CONFIG_HELP
 from embedder.config import ServerConfig
 from embedder.core.bundle import Bundle, load_bundle
 from embedder.core.engine import EmbeddingEngine
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "streamrec-cnn-v1"
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / config.DEFAULT_BUNDLE
 
 
 def test_embed_args_to_json_lines(

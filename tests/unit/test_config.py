@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedder.config import ServerConfig, load_config
+from embedder.config import DEFAULT_BUNDLE, ServerConfig, load_config
 from embedder.errors import ConfigError
 
 
@@ -13,7 +13,7 @@ def test_defaults_without_flags_or_env() -> None:
     assert cfg == ServerConfig()
     assert cfg.port == 50051
     assert cfg.metrics_port == 9000
-    assert cfg.bundle == "models/streamrec-cnn-v1"
+    assert cfg.bundle == DEFAULT_BUNDLE
 
 
 def test_env_overrides_default_and_flag_overrides_env() -> None:

@@ -16,11 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Encoding, Tokenizer
 
+from embedder.config import DEFAULT_BUNDLE
 from embedder.core.tokenizer import TextTokenizer
 from embedder.core.tokenizer_prefix import PrefixCutter
 from embedder.errors import InvalidInputError
 
-TOKENIZER_JSON = Path(__file__).resolve().parents[2] / "models" / "streamrec-cnn-v1" / "tokenizer.json"
+TOKENIZER_JSON = Path(__file__).resolve().parents[2] / DEFAULT_BUNDLE / "tokenizer.json"
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
 PIECES = [
