@@ -11,12 +11,9 @@ raises on a batch of several requests, each is re-run alone, so only the request
 gets an `InferenceError`; nobody is left waiting. Texts whose caller is gone (cancelled, deadline
 passed) are dropped before inference and reported to the observer with a reason.
 
-Priority lanes (core/lanes.py): a reservation is classified interactive or bulk when admitted, and each
-lane has a queue of its own (the same rules, `queue.py`), so a batch holds texts of one lane only: an
-interactive text never waits inside a bulk batch on a low-priority thread, and a bulk text never takes
-an interactive batch's priority. Its fill may still pull texts of other requests of the same lane. The
-dispatcher serves the interactive lane first whenever it has a slot (`Slots`: at most
-`max_concurrent_batches` per lane, one more in all), and a batch runs on its lane's threads.
+Priority lanes (core/lanes.py): each lane has a queue of its own, so a batch holds one lane's texts
+(its fill pulls other requests' texts of that lane only: no interactive text waits in a low-priority
+batch); the interactive lane is served first whenever `Slots` has room for it.
 """
 
 from __future__ import annotations
@@ -83,8 +80,7 @@ class BatchLimits:
     max_batch_tokens: int
     max_wait_ms: float
     max_queued_items: int
-    # How many batches of one lane may run at once (= inference workers; with lanes on, one more may
-    # run in all: lanes.Slots).
+    # Batches of one lane that may run at once (= inference workers; lanes on: one more in all, Slots).
     max_concurrent_batches: int
     # Characters admitted but not yet tokenized (admission.py); 0 = no bound.
     max_tokenizing_chars: int = 0
@@ -248,31 +244,31 @@ class Scheduler:
         self._fail_queued(InferenceError("scheduler stopped unexpectedly"))
 
     async def _flush_ready(self) -> None:
-        """Launch every batch that is due in a lane with a free slot (interactive first); sleep until
-        the next one is due or something changes; return when no lane with a free slot has work."""
+        """Launch the batches due in lanes with a free slot (interactive first); sleep until the next is
+        due or something changes; return when no lane with a free slot has work queued."""
         while True:
-            launched, waits = False, []
-            for lane in LANES:
-                if not self._slots.free(lane):
-                    continue
-                queue = self._queues[lane]
-                due = queue.due_in(self._admission.arriving_in[lane] > 0 and self._accepting)
-                self._report_drops()
-                if due is None:
-                    continue
-                if due > 0:
-                    waits.append(due)
-                    continue
-                batch = queue.next_batch()
-                self._report_drops()
-                if batch:
-                    self._launch(batch, lane)
-                    launched = True
-            if launched:
-                continue
+            waits = [
+                due
+                for lane in LANES
+                if self._slots.free(lane) and (due := self._launch_due(lane)) is not None
+            ]
             if not waits:
                 return
-            await self._sleep_or_wake(min(waits))
+            if min(waits) > 0:
+                await self._sleep_or_wake(min(waits))
+
+    def _launch_due(self, lane: str) -> float | None:
+        """Launch `lane`'s next batch if it is due (0.0); else the seconds until it is (None: nothing
+        queued). Texts are on their way to this lane's batches only if its own requests are coming."""
+        queue = self._queues[lane]
+        due = queue.due_in(self._admission.arriving_in[lane] > 0 and self._accepting)
+        self._report_drops()
+        if due == 0.0:
+            batch = queue.next_batch()
+            self._report_drops()
+            if batch:
+                self._launch(batch, lane)
+        return due
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         assert self._wake is not None
