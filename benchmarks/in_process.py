@@ -24,7 +24,9 @@ class PaddingTally:
         self.real_tokens = 0
         self.padded_tokens = 0
 
-    def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None:
+    def observe_batch(
+        self, items: int, padded_tokens: int, real_tokens: int, inference_s: float, lane: str
+    ) -> None:
         self.real_tokens += real_tokens
         self.padded_tokens += padded_tokens
 

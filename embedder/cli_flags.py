@@ -50,6 +50,8 @@ CONFIG_HELP: dict[str, str] = {
     "RESOURCE_EXHAUSTED; kept apart from the keyed calls' capacity (0 = no cap).",
     "max_tokenizing_chars": "Characters admitted but not yet tokenized beyond which a request is refused "
     "(RESOURCE_EXHAUSTED; 0 = no bound).",
+    "bulk_min_chars": "A request tokenizing at least this many characters is bulk: tokenized and run on "
+    "lower-priority threads, so interactive calls keep their latency (0 = no lanes).",
     "inference_timeout_s": "A batch running longer fails its callers and its worker is replaced.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
     "embedding_cache_mb": "Megabytes of embeddings cached per server, LRU-evicted (0 = no cache).",

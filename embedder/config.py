@@ -71,6 +71,12 @@ class ServerConfig:
     # Characters admitted but not yet tokenized (core/admission.py): beyond it a request is refused at
     # once (a request alone is always admitted). ~0.35 s of one tokenizer thread here. 0 = no bound.
     max_tokenizing_chars: int = 1_048_576
+    # Priority lanes (core/lanes.py): a request whose tokenizing cost (characters, as admission counts
+    # them) is at least this is bulk, tokenized and run on threads at a lower OS priority with inference
+    # slots of its own, so a flood of long texts cannot take the CPU from interactive calls. 32 item
+    # texts (20-40 words) cost ~6.3k characters, 64 ~12.7k: interactive; 512 texts of 20,000 characters
+    # ~524k: bulk. 0 = no lanes (one lane, `workers` sessions).
+    bulk_min_chars: int = 16_384
     max_text_chars: int = 20000
     # In-flight messages per EmbedStream before the server stops reading from that stream.
     max_stream_inflight: int = 64
@@ -137,6 +143,7 @@ class ServerConfig:
             "embedding_cache_mb",
             "max_health_watch_streams",
             "max_tokenizing_chars",
+            "bulk_min_chars",
         )
         for name in non_negative:
             if getattr(self, name) < 0:

@@ -50,6 +50,8 @@ METRIC_NAMES = tuple(
         # Token-weighted padding efficiency = rate(batch_real_tokens) / rate(batch_padded_tokens).
         "batch_real_tokens_total",
         "batch_padded_tokens_total",
+        # Batches run per priority lane (interactive, bulk: embedder/core/lanes.py).
+        "batches_total",
         "queue_items",
         "model_info",
         # Beyond the base set (docs/operations.md): work dropped before inference, failed batches.
@@ -174,6 +176,12 @@ class Metrics:
             m,
             registry=r,
         )
+        self.batches = Counter(
+            p + "batches",
+            "Batches run, by priority lane (interactive, bulk: bulk_min_chars)",
+            ["lane", MODEL],
+            registry=r,
+        )
         self.queue_items = Gauge(p + "queue_items", "Texts waiting in the batch queue", m, registry=r)
         self.model_info = Gauge(
             p + "model_info", "Served model (value 1)", ["name", "version", "dim"], registry=r
@@ -286,8 +294,11 @@ class ModelObserver:
         self._m = metrics
         self.model = model
 
-    def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None:
+    def observe_batch(
+        self, items: int, padded_tokens: int, real_tokens: int, inference_s: float, lane: str
+    ) -> None:
         m, model = self._m, self.model
+        m.batches.labels(lane=lane, model=model).inc()
         m.batch_items.labels(model=model).observe(items)
         m.batch_tokens.labels(model=model).observe(padded_tokens)
         m.padding_ratio.labels(model=model).observe(

@@ -11,6 +11,10 @@ therefore also holds the characters it will tokenize (the tokenizer's estimate: 
 text), and the characters reserved but not yet tokenized stay within `max_tokenizing_chars`. A request
 is always admitted when nothing else waits for the tokenizer, so no single request is refused forever,
 and a small one always, so that a flood of long texts cannot get short calls refused.
+
+A reservation also carries the request's lane (core/lanes.py), decided here from the same characters:
+which tokenizer threads and inference slots its work gets, and which lane it is on its way to (a batch
+is worth waiting for only while texts of its own lane are coming).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from embedder.core.lanes import INTERACTIVE, LANES
 from embedder.errors import OverloadedError
 
 FloatArray = npt.NDArray[np.float32]
@@ -40,6 +45,7 @@ class Admission:
         self.max_chars = max_chars
         self.reserved = 0  # slots promised to requests on their way
         self.arriving = 0  # requests on their way
+        self.arriving_in = dict.fromkeys(LANES, 0)  # the same, by lane
         self.chars = 0  # characters those requests will tokenize
 
     def check(self, items: int, queued: int) -> None:
@@ -62,23 +68,25 @@ class Admission:
                 f"exceed max_tokenizing_chars={self.max_chars}; retry with backoff"
             )
 
-    def claim(self, items: int, queued: int, chars: int = 0) -> None:
-        """Reserve `items` slots and `chars` characters to tokenize for one request on its way
+    def claim(self, items: int, queued: int, chars: int = 0, lane: str = INTERACTIVE) -> None:
+        """Reserve `items` slots and `chars` characters to tokenize for one request of `lane` on its way
         (`OverloadedError` if they do not fit)."""
         self.check(items, queued)
         self.check_chars(chars)
         self.reserved += items
         self.arriving += 1
+        self.arriving_in[lane] += 1
         self.chars += chars
 
     def tokenized(self, chars: int) -> None:
         """The request's characters are tokenized (or never will be): they leave the backlog."""
         self.chars -= chars
 
-    def settle(self, items: int) -> None:
+    def settle(self, items: int, lane: str = INTERACTIVE) -> None:
         """The request came (its texts are queued now) or will not come: its reservation ends."""
         self.reserved -= items
         self.arriving -= 1
+        self.arriving_in[lane] -= 1
 
 
 @dataclass
@@ -92,10 +100,11 @@ class Reservation:
     """Queue slots (and characters to tokenize) held for one request on its way. Submit through it, or
     leave the `with` block to give the slots back; either ends the reservation exactly once."""
 
-    def __init__(self, scheduler: Holder, items: int, chars: int = 0) -> None:
+    def __init__(self, scheduler: Holder, items: int, chars: int = 0, lane: str = INTERACTIVE) -> None:
         self._scheduler = scheduler
         self.items = items
         self.chars = chars
+        self.lane = lane
         self._open = True
 
     def tokenized(self) -> None:
@@ -110,7 +119,7 @@ class Reservation:
         self.tokenized()
         if self._open:
             self._open = False
-            self._scheduler._settle(self.items)
+            self._scheduler._settle(self.items, self.lane)
 
     async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
         """Queue the request's token rows; return its embeddings in input order.
@@ -120,7 +129,7 @@ class Reservation:
         if not self._open:
             raise RuntimeError("this reservation was already used or released")
         self.release()
-        return await self._scheduler._enqueue(rows, deadline)
+        return await self._scheduler._enqueue(rows, deadline, self.lane)
 
     def __enter__(self) -> Reservation:
         return self
@@ -136,6 +145,6 @@ class Holder(Protocol):
 
     def _untokenize(self, chars: int) -> None: ...
 
-    def _settle(self, items: int) -> None: ...
+    def _settle(self, items: int, lane: str) -> None: ...
 
-    async def _enqueue(self, rows: Sequence[list[int]], deadline: float | None) -> BatchResult: ...
+    async def _enqueue(self, rows: Sequence[list[int]], deadline: float | None, lane: str) -> BatchResult: ...

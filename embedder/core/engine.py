@@ -23,6 +23,7 @@ from embedder.core.bundle import Bundle, Manifest
 from embedder.core.cache import EmbeddingCache
 from embedder.core.gate import ServingGate
 from embedder.core.inline import InlinePolicy
+from embedder.core.lanes import BULK, BULK_NICE_INCREMENT
 from embedder.core.postprocess import postprocess
 from embedder.core.scheduler import BatchLimits, BatchObserver, Scheduler
 from embedder.core.session import SessionFactory, SessionPool
@@ -98,11 +99,19 @@ class EmbeddingEngine:
             session_factory=session_factory,
             on_exhausted=on_unhealthy,
             inline=self.inline,
+            lanes=config.bulk_min_chars > 0,
         )
         rows = max(1, min(config.max_batch_items, config.max_batch_tokens // manifest.max_tokens))
         self.sessions.warm_up(largest=(rows, manifest.max_tokens))
-        # Daemon threads: a Rust panic in the tokenizer fails its call, not the server (workers.py).
-        self._tokenize_pool = DaemonThreadPool(config.resolved_tokenizer_threads(), "embedder-tokenize")
+        # Daemon threads: a Rust panic in the tokenizer fails its call, not the server (workers.py). Bulk
+        # requests are tokenized on threads of their own at a lower priority (core/lanes.py).
+        threads = config.resolved_tokenizer_threads()
+        self._tokenize_pool = DaemonThreadPool(threads, "embedder-tokenize")
+        self._bulk_tokenize_pool = (
+            DaemonThreadPool(threads, "embedder-tokenize-bulk", BULK_NICE_INCREMENT)
+            if config.bulk_min_chars > 0
+            else self._tokenize_pool
+        )
         limits = BatchLimits(
             max_batch_items=config.max_batch_items,
             max_batch_tokens=config.max_batch_tokens,
@@ -111,6 +120,7 @@ class EmbeddingEngine:
             max_concurrent_batches=self.workers,
             max_tokenizing_chars=config.max_tokenizing_chars,
             min_padding_efficiency=config.min_padding_efficiency,
+            bulk_min_chars=config.bulk_min_chars,
         )
         self.batch_log = BatchLog(config.batch_log, manifest.sha256) if config.batch_log else None
         record = self.batch_log.record if self.batch_log is not None else None
@@ -175,7 +185,8 @@ class EmbeddingEngine:
             if self.inline.tokenize_inline(texts):
                 encoded = self._encode_inline(texts, truncate)
             else:
-                encoded = await self._encode_in_pool(texts, truncate, deadline)
+                pool = self._bulk_tokenize_pool if reservation.lane == BULK else self._tokenize_pool
+                encoded = await self._encode_in_pool(pool, texts, truncate, deadline)
             reservation.tokenized()
             tokenize_s = time.monotonic() - started
             result = await reservation.submit(encoded.ids, deadline)
@@ -210,20 +221,19 @@ class EmbeddingEngine:
                 counts[i] = entry.tokens
         return EmbedResult(raw, counts, result.tokenize_s, result.queue_s, result.inference_s)
 
-    async def _encode_in_pool(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> Encoded:
-        """Tokenize on the pool, one job of at most ~TOKENIZE_JOB_CHARS at a time. A cancelled caller's
-        next job is never submitted (and a queued one is skipped); a late one is refused when it starts."""
+    async def _encode_in_pool(
+        self, pool: DaemonThreadPool, texts: Sequence[str], truncate: bool, deadline: float | None
+    ) -> Encoded:
+        """Tokenize on `pool` (the request's lane's), one job of at most ~TOKENIZE_JOB_CHARS at a time. A
+        cancelled caller's next job is never submitted (and a queued one is skipped); a late one is
+        refused when it starts."""
         loop = asyncio.get_running_loop()
         jobs = self.tokenizer.jobs(texts, TOKENIZE_JOB_CHARS)
         if len(jobs) == 1:
-            return await loop.run_in_executor(
-                self._tokenize_pool, self._encode_in_time, texts, truncate, deadline
-            )
+            return await loop.run_in_executor(pool, self._encode_in_time, texts, truncate, deadline)
         parts: list[Encoded] = []
         for job in jobs:  # truncation is judged on the whole request, so its error names the right index
-            parts.append(
-                await loop.run_in_executor(self._tokenize_pool, self._encode_in_time, job, True, deadline)
-            )
+            parts.append(await loop.run_in_executor(pool, self._encode_in_time, job, True, deadline))
         encoded = Encoded.joined(parts)
         if not truncate:
             self.tokenizer.refuse_truncated(encoded)
@@ -252,7 +262,8 @@ class EmbeddingEngine:
     def close_sync(self) -> None:
         """Release the thread pools and sessions: after the scheduler in `close`, or alone when no event
         loop ever ran (CLI `embed`, benchmarks)."""
-        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in {self._tokenize_pool, self._bulk_tokenize_pool}:
+            pool.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
         if self.batch_log is not None:
             self.batch_log.close()

@@ -10,6 +10,10 @@ token rows through it; leaving the `with` block without submitting gives the slo
 raises on a batch of several requests, each is re-run alone, so only the request that breaks the model
 gets an `InferenceError`; nobody is left waiting. Texts whose caller is gone (cancelled, deadline
 passed) are dropped before inference and reported to the observer with a reason.
+
+Priority lanes (core/lanes.py): each lane has a queue of its own, so a batch holds one lane's texts
+(its fill pulls other requests' texts of that lane only: no interactive text waits in a low-priority
+batch); the interactive lane is served first whenever `Slots` has room for it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedder.core.admission import Admission, BatchResult, Reservation
+from embedder.core.lanes import LANES, Slots, classify
 from embedder.core.queue import (
     DROP_CANCELLED,
     DROP_DEADLINE,
@@ -48,9 +53,9 @@ from embedder.errors import (
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
-# Embeds a batch of unpadded token rows; returns one row per input row. `lone` is True when no other
-# batch is running or queued (the engine's inline policy uses it).
-RunBatch = Callable[[list[list[int]], bool], Awaitable[FloatArray]]
+# Embeds a batch of unpadded token rows of one lane; returns one row per input row. `lone` is True when
+# no other batch is running or queued (the engine's inline policy uses it).
+RunBatch = Callable[[list[list[int]], bool, str], Awaitable[FloatArray]]
 # Sees every batch's unpadded token rows just before it runs (the batch log, core/batch_log.py).
 RecordBatch = Callable[[list[list[int]]], None]
 
@@ -58,7 +63,9 @@ RecordBatch = Callable[[list[list[int]]], None]
 class BatchObserver(Protocol):
     """Receives one call per batch run (the metrics module implements it)."""
 
-    def observe_batch(self, items: int, padded_tokens: int, real_tokens: int, inference_s: float) -> None: ...
+    def observe_batch(
+        self, items: int, padded_tokens: int, real_tokens: int, inference_s: float, lane: str
+    ) -> None: ...
 
     def set_queued_items(self, items: int) -> None: ...
 
@@ -73,11 +80,13 @@ class BatchLimits:
     max_batch_tokens: int
     max_wait_ms: float
     max_queued_items: int
-    # How many batches may run at once (= inference workers).
+    # Batches of one lane that may run at once (= inference workers; lanes on: one more in all, Slots).
     max_concurrent_batches: int
     # Characters admitted but not yet tokenized (admission.py); 0 = no bound.
     max_tokenizing_chars: int = 0
     min_padding_efficiency: float = 0.0
+    # A request tokenizing at least this many characters is bulk (core/lanes.py); 0 = lanes off.
+    bulk_min_chars: int = 0
 
     def queue_limits(self) -> QueueLimits:
         return QueueLimits(
@@ -104,10 +113,10 @@ class Scheduler:
         self._dim = dim
         self._observer = observer
         self._clock = clock
-        self._queue = BatchQueue(limits.queue_limits(), clock)
+        self._queues = {lane: BatchQueue(limits.queue_limits(), clock) for lane in LANES}
         self._admission = Admission(limits.max_queued_items, limits.max_tokenizing_chars)
         self._futures: dict[Request, asyncio.Future[BatchResult]] = {}
-        self._busy = 0
+        self._slots = Slots(limits.max_concurrent_batches, lanes_on=limits.bulk_min_chars > 0)
         self._broken = False
         self._closing = False
         self._batch_ids = itertools.count()
@@ -118,12 +127,12 @@ class Scheduler:
 
     @property
     def queued_items(self) -> int:
-        return len(self._queue)
+        return sum(len(queue) for queue in self._queues.values())
 
     @property
     def running_batches(self) -> int:
         """Batches handed to inference and not yet finished (the caller's own included)."""
-        return self._busy
+        return self._slots.busy
 
     def start(self) -> None:
         """Start the dispatcher task on the running loop."""
@@ -133,11 +142,13 @@ class Scheduler:
 
     def reserve(self, items: int, chars: int = 0) -> Reservation:
         """Hold `items` queue slots for a request on its way (e.g. being tokenized), which is also worth
-        waiting up to `max_wait_ms` for, and `chars` characters of the tokenizer's backlog. Refused at
-        once (`OverloadedError`) if they cannot fit."""
+        waiting up to `max_wait_ms` for, and `chars` characters of the tokenizer's backlog; `chars` also
+        decides the request's lane (`Reservation.lane`). Refused at once (`OverloadedError`) if they
+        cannot fit."""
         self._check_open()
-        self._admission.claim(items, len(self._queue), chars)
-        return Reservation(self, items, chars)
+        lane = classify(chars, self.limits.bulk_min_chars)
+        self._admission.claim(items, self.queued_items, chars, lane)
+        return Reservation(self, items, chars, lane)
 
     async def submit(self, rows: Sequence[list[int]], deadline: float | None = None) -> BatchResult:
         """Queue a request that was never announced (nothing to wait for): `reserve` + `submit` in one."""
@@ -146,8 +157,8 @@ class Scheduler:
     def _untokenize(self, chars: int) -> None:
         self._admission.tokenized(chars)
 
-    def _settle(self, items: int) -> None:
-        self._admission.settle(items)
+    def _settle(self, items: int, lane: str) -> None:
+        self._admission.settle(items, lane)
         if self._wake is not None:
             self._wake.set()
 
@@ -157,10 +168,10 @@ class Scheduler:
         if not self._accepting or self._wake is None:
             raise ShuttingDownError("server is shutting down; retry on another replica")
 
-    async def _enqueue(self, rows: Sequence[list[int]], deadline: float | None) -> BatchResult:
+    async def _enqueue(self, rows: Sequence[list[int]], deadline: float | None, lane: str) -> BatchResult:
         n = len(rows)
         self._check_open()
-        self._admission.check(n, len(self._queue))
+        self._admission.check(n, self.queued_items)
         assert self._wake is not None  # _check_open refuses a scheduler that was never started
         request = Request(n, self._dim, deadline)
         if n == 0:
@@ -171,7 +182,7 @@ class Scheduler:
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._futures[request] = future
         future.add_done_callback(lambda f: self._request_done(request, f))
-        self._queue.push(request, rows)
+        self._queues[lane].push(request, rows)
         self._set_queued()
         self._wake.set()
         return await future
@@ -194,7 +205,7 @@ class Scheduler:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
         await asyncio.gather(*self._running, return_exceptions=True)
-        left = self._queue.clear()
+        left = self._clear_queues()
         self._fail(left, ShuttingDownError("server shut down before this request ran"))
         if left:
             self._dropped(len(left), DROP_SHUTDOWN)
@@ -213,8 +224,11 @@ class Scheduler:
                 log.exception("scheduler dispatch failed; failing queued requests")
                 self._fail_queued(exc)
 
+    def _clear_queues(self) -> list[Item]:
+        return [item for queue in self._queues.values() for item in queue.clear()]
+
     def _fail_queued(self, exc: Exception) -> None:
-        left = self._queue.clear()
+        left = self._clear_queues()
         self._fail(left, exc)
         self._set_queued()
         if left:
@@ -230,19 +244,31 @@ class Scheduler:
         self._fail_queued(InferenceError("scheduler stopped unexpectedly"))
 
     async def _flush_ready(self) -> None:
-        while self._busy < self.limits.max_concurrent_batches:
-            more_coming = self._admission.arriving > 0 and self._accepting
-            due = self._queue.due_in(more_coming)
-            self._report_drops()
-            if due is None:
+        """Launch the batches due in lanes with a free slot (interactive first); sleep until the next is
+        due or something changes; return when no lane with a free slot has work queued."""
+        while True:
+            waits = [
+                due
+                for lane in LANES
+                if self._slots.free(lane) and (due := self._launch_due(lane)) is not None
+            ]
+            if not waits:
                 return
-            if due > 0:
-                await self._sleep_or_wake(due)
-                continue
-            batch = self._queue.next_batch()
+            if min(waits) > 0:
+                await self._sleep_or_wake(min(waits))
+
+    def _launch_due(self, lane: str) -> float | None:
+        """Launch `lane`'s next batch if it is due (0.0); else the seconds until it is (None: nothing
+        queued). Texts are on their way to this lane's batches only if its own requests are coming."""
+        queue = self._queues[lane]
+        due = queue.due_in(self._admission.arriving_in[lane] > 0 and self._accepting)
+        self._report_drops()
+        if due == 0.0:
+            batch = queue.next_batch()
             self._report_drops()
             if batch:
-                self._launch(batch)
+                self._launch(batch, lane)
+        return due
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         assert self._wake is not None
@@ -255,7 +281,7 @@ class Scheduler:
 
     def _report_drops(self) -> None:
         """Fail the callers whose deadline passed in the queue; count every dropped text by reason."""
-        drops = self._queue.take_drops()
+        drops = [drop for queue in self._queues.values() for drop in queue.take_drops()]
         if not drops:
             return
         counts: Counter[str] = Counter()
@@ -268,24 +294,24 @@ class Scheduler:
             self._dropped(items, reason)
         self._set_queued()
 
-    def _launch(self, batch: list[Item]) -> None:
+    def _launch(self, batch: list[Item], lane: str) -> None:
         self._set_queued()
-        self._busy += 1
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._slots.take(lane)
+        task = asyncio.get_running_loop().create_task(self._run(batch, lane))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, batch: list[Item]) -> None:
+    async def _run(self, batch: list[Item], lane: str) -> None:
         # Lone: no other batch running or queued when this one starts (the inline policy's question).
-        lone = len(self._queue) == 0 and self._busy <= 1
+        lone = self.queued_items == 0 and self._slots.busy <= 1
         try:
-            await self._run_once(batch, isolate=True, lone=lone)
+            await self._run_once(batch, lane, isolate=True, lone=lone)
         finally:
-            self._busy -= 1
+            self._slots.give(lane)
             if self._wake is not None:
                 self._wake.set()
 
-    async def _run_once(self, batch: list[Item], isolate: bool, lone: bool = False) -> None:
+    async def _run_once(self, batch: list[Item], lane: str, isolate: bool, lone: bool = False) -> None:
         """Run one batch. If it fails and holds several requests, each request is re-run alone, so a
         text that breaks the model fails only its own caller, not its batch-mates (a stuck batch is
         not re-run: that would double the time its callers wait)."""
@@ -295,7 +321,7 @@ class Scheduler:
             self._record(rows)
         started = self._clock()
         try:
-            out = await self._run_batch(rows, lone)
+            out = await self._run_batch(rows, lone, lane)
             if out.shape[0] != len(batch):
                 raise InferenceError(f"model returned {out.shape[0]} rows for {len(batch)} texts")
         except Exception as exc:
@@ -312,11 +338,11 @@ class Scheduler:
             self._count_failed(len(batch), exc)
             for group in groups:
                 if group[0].request.gone is None:
-                    await self._run_once(group, isolate=False)
+                    await self._run_once(group, lane, isolate=False)
             return
         finished = self._clock()
         try:
-            self._deliver(batch, out, batch_id, started, finished)
+            self._deliver(batch, out, batch_id, (started, finished), lane)
         except Exception as exc:  # e.g. a failing observer: callers must still get an answer
             self._batch_failed(batch, exc)
 
@@ -346,8 +372,9 @@ class Scheduler:
                 future.set_exception(error)
 
     def _deliver(
-        self, batch: list[Item], out: FloatArray, batch_id: int, started: float, finished: float
+        self, batch: list[Item], out: FloatArray, batch_id: int, ran: tuple[float, float], lane: str
     ) -> None:
+        started, finished = ran
         inference_s = finished - started
         for item, row in zip(batch, out, strict=True):
             request = item.request
@@ -365,7 +392,7 @@ class Scheduler:
         if self._observer is not None:
             longest = max(len(item.ids) for item in batch)
             real = sum(len(item.ids) for item in batch)
-            self._observer.observe_batch(len(batch), longest * len(batch), real, inference_s)
+            self._observer.observe_batch(len(batch), longest * len(batch), real, inference_s, lane)
 
     def _dropped(self, items: int, reason: str) -> None:
         if self._observer is not None:
@@ -373,7 +400,7 @@ class Scheduler:
 
     def _set_queued(self) -> None:
         if self._observer is not None:
-            self._observer.set_queued_items(len(self._queue))
+            self._observer.set_queued_items(self.queued_items)
 
 
 def _by_request(batch: list[Item]) -> list[list[Item]]:

@@ -9,6 +9,12 @@ callers waiting forever. Sessions come from a `SessionFactory`, the seam tests u
 
 A lone tiny batch may run right on the calling event-loop thread instead; `embedder.core.inline`
 decides when (and `warm_up` calibrates it). The watchdog cannot cover an inline batch.
+
+With priority lanes (`lanes=True`, core/lanes.py) bulk batches run on threads of their own at a lower
+OS priority, and the pool holds one session more than `workers`: the scheduler lets each lane run at
+most `workers` batches, so an interactive batch always finds a free session. Sessions are shared by the
+lanes; the priority belongs to the thread that calls `run` (with `intra_op_threads` 1, ONNX Runtime
+computes on that thread; with more, its own intra-op threads keep the server's priority).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from embedder.core.inline import InlinePolicy
+from embedder.core.lanes import BULK, BULK_NICE_INCREMENT, INTERACTIVE
 from embedder.core.tokenizer import pad_batch
 from embedder.core.workers import DaemonThreadPool, call_guarded
 from embedder.errors import BundleError, InferenceError, InferenceTimeoutError
@@ -102,13 +109,16 @@ class SessionPool:
         session_factory: SessionFactory | None = None,
         on_exhausted: Callable[[], None] | None = None,
         inline: InlinePolicy | None = None,
+        lanes: bool = False,
     ) -> None:
-        """`inline`: when a batch may run on the caller's thread (default: never)."""
+        """`inline`: when a batch may run on the caller's thread (default: never); `lanes`: bulk batches
+        get threads of their own at a lower priority, and one spare session (module docstring)."""
         if workers <= 0:
             raise ValueError(f"workers must be > 0 (got {workers})")
         self.dim = dim
         self.pad_token_id = pad_token_id
         self.workers = workers
+        self.sessions = workers + 1 if lanes else workers
         self.inference_timeout_s = inference_timeout_s
         self.inline = inline or InlinePolicy(0, 0)
         self.inline_batches = 0
@@ -121,10 +131,14 @@ class SessionPool:
         self.replaced = 0
         self._lock = threading.Lock()
         self._free: queue.SimpleQueue[InferenceSession] = queue.SimpleQueue()
-        for _ in range(workers):
+        for _ in range(self.sessions):
             self._free.put(self._factory(self._model_path, intra_op_threads))
-        # Room for the replacements' threads next to the stuck ones they replace.
-        self._executor = DaemonThreadPool(workers + self.max_replacements, "embedder-infer")
+        # Per lane: room for the replacements' threads next to the stuck ones they replace.
+        threads = workers + self.max_replacements
+        self._executor = DaemonThreadPool(threads, "embedder-infer")
+        self._bulk_executor = (
+            DaemonThreadPool(threads, "embedder-infer-bulk", BULK_NICE_INCREMENT) if lanes else None
+        )
 
     def run(self, input_ids: IntArray, attention_mask: IntArray, job: _Job | None = None) -> FloatArray:
         """Embed one padded batch; checks the model returned one `dim`-wide row per input row."""
@@ -167,16 +181,20 @@ class SessionPool:
         input_ids, attention_mask = pad_batch(rows, self.pad_token_id)
         return self.run(input_ids, attention_mask, job)
 
-    async def embed_rows_async(self, rows: list[list[int]], lone: bool = False) -> FloatArray:
-        """`embed_rows` on a worker thread, bounded by `inference_timeout_s` (InferenceTimeoutError), or
-        inline when the policy allows it; `lone`: no other batch is running or queued."""
-        idle = self._free.qsize() >= self.workers
-        if self.inline.infer_inline(rows, lone=lone, workers_idle=idle):
+    async def embed_rows_async(
+        self, rows: list[list[int]], lone: bool = False, lane: str = INTERACTIVE
+    ) -> FloatArray:
+        """`embed_rows` on a worker thread of `lane`, bounded by `inference_timeout_s`
+        (InferenceTimeoutError), or inline when the policy allows it (never a bulk batch: the loop runs
+        at the server's priority); `lone`: no other batch is running or queued."""
+        idle = self._free.qsize() >= self.sessions
+        if lane == INTERACTIVE and self.inline.infer_inline(rows, lone=lone, workers_idle=idle):
             session = self._take_session_nowait()
             if session is not None:
                 return self._run_inline(session, rows)
         job = _Job()
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self.embed_rows, rows, job)
+        executor = self._bulk_executor if lane == BULK and self._bulk_executor else self._executor
+        future = asyncio.get_running_loop().run_in_executor(executor, self.embed_rows, rows, job)
         try:
             return await asyncio.wait_for(future, self.inference_timeout_s)
         except TimeoutError:
@@ -230,7 +248,7 @@ class SessionPool:
         memory arena grows to the largest batch a session has run and keeps it (~21 MB per session for
         64 x 128 tokens), so the server reaches its working RSS at start, not under the first burst."""
         shapes = [(2, 4)] + ([largest] if largest is not None else [])
-        sessions = [self._free.get() for _ in range(self.workers)]
+        sessions = [self._free.get() for _ in range(self.sessions)]
         try:
             for session in sessions:
                 for rows, tokens in shapes:
@@ -262,4 +280,6 @@ class SessionPool:
 
     def close(self) -> None:
         """Stop the worker threads; a stuck one is left behind (daemon) and cannot block exit."""
-        self._executor.shutdown(wait=True, cancel_futures=True, timeout_s=5.0)
+        for executor in (self._executor, self._bulk_executor):
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True, timeout_s=5.0)

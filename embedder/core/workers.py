@@ -4,13 +4,16 @@
 would keep a drained server from ever exiting. These threads are daemons: a stuck one is abandoned
 (the session pool's watchdog has already answered its callers) and the process still exits. A task
 that raises `SystemExit` or a Rust panic does not kill its thread; its caller gets `WorkerDiedError`.
+A pool may run its threads at a lower OS priority (`nice_increment`; the bulk lane's, core/lanes.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,12 +47,31 @@ def call_guarded(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         raise WorkerDiedError(f"inline work raised {type(exc).__name__}") from None
 
 
-class DaemonThreadPool(Executor):
-    """`threads` daemon threads taking work from one queue, in order."""
+def lower_thread_priority(increment: int) -> None:
+    """Lower the calling thread's OS priority by `increment` steps of nice (at most to 19).
 
-    def __init__(self, threads: int, name: str) -> None:
+    Linux only, where nice is per thread (`setpriority` on the thread id); elsewhere a no-op. Relative
+    to the thread's current value, so a server started under `nice` keeps its bulk threads below its
+    own. One way: an unprivileged process can raise nice but never lower it back, so a thread that did
+    this stays low for good (the reason lanes have threads of their own, not a priority per batch)."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
+    except OSError as exc:  # e.g. a sandbox that forbids it: the thread works, only at the usual priority
+        log.warning("cannot lower thread %s's priority: %s", threading.current_thread().name, exc)
+
+
+class DaemonThreadPool(Executor):
+    """`threads` daemon threads taking work from one queue, in order; `nice_increment` > 0 lowers each
+    thread's OS priority by that much when it starts (`lower_thread_priority`)."""
+
+    def __init__(self, threads: int, name: str, nice_increment: int = 0) -> None:
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._shutdown = False
+        self.nice_increment = nice_increment
         self._threads = [
             threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(threads)
         ]
@@ -64,6 +86,7 @@ class DaemonThreadPool(Executor):
         return future
 
     def _loop(self) -> None:
+        lower_thread_priority(self.nice_increment)
         while (work := self._work.get()) is not None:
             future, fn, args, kwargs = work
             if not future.set_running_or_notify_cancel():

@@ -29,13 +29,15 @@ class FakeModel:
     def __init__(self) -> None:
         self.batches: list[list[list[int]]] = []
         self.lone: list[bool] = []
+        self.lanes: list[str] = []
         self.gate: asyncio.Event | None = None
         self.fail_on: Callable[[list[list[int]]], bool] = lambda rows: False
         self.rows_short = False
 
-    async def __call__(self, rows: list[list[int]], lone: bool) -> Any:
+    async def __call__(self, rows: list[list[int]], lone: bool, lane: str) -> Any:
         self.batches.append(rows)
         self.lone.append(lone)
+        self.lanes.append(lane)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_on(rows):
@@ -356,7 +358,7 @@ def test_parallel_batches_up_to_max_concurrent() -> None:
         running = 0
         release = asyncio.Event()
 
-        async def model(batch: list[list[int]], lone: bool) -> Any:
+        async def model(batch: list[list[int]], lone: bool, lane: str) -> Any:
             nonlocal running
             running += 1
             await release.wait()
