@@ -52,11 +52,11 @@ RUN groupadd --system --gid 10001 streamrec \
     && useradd --system --uid 10001 --gid streamrec --home-dir /app --no-create-home streamrec
 COPY --from=build /opt/venv /opt/venv
 # The default bundle, verified (format_version, sha256) by the server at start.
-COPY models/streamrec-cnn-v1/ /app/models/streamrec-cnn-v1/
+COPY models/streamrec-cnn-v2/ /app/models/streamrec-cnn-v2/
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    STREAMREC_EMBEDDER_BUNDLE=/app/models/streamrec-cnn-v1 \
+    STREAMREC_EMBEDDER_BUNDLE=/app/models/streamrec-cnn-v2 \
     STREAMREC_EMBEDDER_HOST=[::] \
     STREAMREC_EMBEDDER_PORT=50051 \
     STREAMREC_EMBEDDER_METRICS_PORT=9000 \

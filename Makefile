@@ -2,13 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-BUNDLE ?= models/streamrec-cnn-v1
+BUNDLE ?= models/streamrec-cnn-v2
 CONFIG ?= training/configs/cnn5m-v2.toml
 PROTO  := protos/streamrec/embedder/v1/embedder.proto
 NODE_CLIENT := clients/node
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint typecheck pytest test-long proto node-deps data train bench bench-quick infinity-venv clean
+.PHONY: help run test lint typecheck pytest test-long proto node-deps data train bench bench-quick infinity-venv v1-bundle clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,15 @@ data: $(VENV)/.dev  ## the long data stages: corpus, minimal pairs, teacher targ
 
 train: $(VENV)/.dev  ## the whole offline job: corpus -> teacher -> train -> eval -> ONNX -> bundle
 	$(PY) -m training.train --config $(CONFIG)
+
+# The previous default model (v1), for comparisons: only the default bundle is kept under models/, the
+# others live in git history. V1_COMMIT is the last commit whose models/ held v1.
+V1_COMMIT ?= 35013be
+V1_BUNDLE := .cache/models/streamrec-cnn-v1
+v1-bundle: $(V1_BUNDLE)/manifest.json  ## extract models/streamrec-cnn-v1 from git history into .cache/models/
+$(V1_BUNDLE)/manifest.json:
+	mkdir -p .cache
+	git archive $(V1_COMMIT) models/streamrec-cnn-v1 | tar -x -C .cache
 
 bench: $(VENV)/.dev  ## full benchmark run (<= 20 min); results in benchmarks/results/
 	$(VENV)/bin/streamrec-bench

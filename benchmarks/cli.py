@@ -4,7 +4,7 @@ streamrec-bench                    full run (<= 20 min): every model, modes (a)(
 streamrec-bench --quick            the same pipeline in < 2 min (a smoke test; `make test` runs it)
 streamrec-bench --models cnn,minilm-fp32 --bundle DIR --rounds 2 --run-id NAME --out-dir DIR
 streamrec-bench --resume RUN_ID    finish an interrupted run (finished phases are kept)
-streamrec-bench serving --bundle models/streamrec-cnn-v1 [--rounds 2] [--inputs items] [--out FILE.json]
+streamrec-bench serving --bundle models/streamrec-cnn-v2 [--rounds 2] [--inputs items] [--out FILE.json]
 streamrec-bench baselines [--rebuild]   build the MiniLM fp32/int8 and model2vec bundles into the cache
 streamrec-bench mixed-attack [--seconds 60]   normal load under a Watch + long-text flood (issue 14)
 streamrec-bench overhead --bundle DIR [--callers 64] [--seconds 5]   server vs model on its own batches

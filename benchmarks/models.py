@@ -26,7 +26,7 @@ DEFAULT_BUNDLE = REPO_ROOT / config.DEFAULT_BUNDLE
 DEFAULT_MODELS = ("cnn", "minilm-fp32", "minilm-int8", "model2vec")
 CNN = "cnn"
 TEACHER = "minilm-fp32"
-CNN_CONFIG = REPO_ROOT / "training" / "configs" / "cnn5m.toml"
+CNN_CONFIG = REPO_ROOT / "training" / "configs" / "cnn5m-v2.toml"
 SLOW_TO_BUILD = {"model2vec": "distilling it takes ~3 min on 2 cores, over the --quick budget"}
 
 
@@ -72,7 +72,7 @@ def _cnn_path(explicit: Path | None, cache_dir: Path) -> Path:
         return explicit
     if (DEFAULT_BUNDLE / "manifest.json").is_file():
         return DEFAULT_BUNDLE
-    random_dir = cache_dir / "cnn-random-cnn5m"
+    random_dir = cache_dir / "cnn-random-cnn5m-v2"
     if not (random_dir / "manifest.json").is_file():
         log.warning("%s not found: benchmarking a random-weight CNN of the same architecture", DEFAULT_BUNDLE)
         from training.export import export_random_bundle  # needs torch; only on this fallback

@@ -20,7 +20,7 @@ ENV_PREFIX = "STREAMREC_EMBEDDER_"
 SECRET_FIELDS = frozenset({"api_keys"})
 
 # The committed default model bundle, relative to the repository root (the one place that names it).
-DEFAULT_BUNDLE = "models/streamrec-cnn-v1"
+DEFAULT_BUNDLE = "models/streamrec-cnn-v2"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Bulk embedding throughput of one bundle: items per CPU-second (robust on a shared machine) and items/s.
 
-    python scripts/measure_bulk.py models/streamrec-cnn-v1 --workers 1 [--items 20000] [--rounds 3]
+    python scripts/measure_bulk.py models/streamrec-cnn-v2 --workers 1 [--items 20000] [--rounds 3]
 
 Embeds item-like texts (20-40 words, the serving benchmark's `item_texts`) with `embed-file`'s
 in-process path, `rounds` times, timing only the embedding (not start-up). Prints JSON with the medians.

@@ -1,6 +1,6 @@
 """Two models in one server (issue 13's target): RSS, and each model's throughput next to an idle other.
 
-    python scripts/two_models.py [--cnn models/streamrec-cnn-v1] [--minilm DIR] [--rounds 3] [--seconds 10]
+    python scripts/two_models.py [--cnn models/streamrec-cnn-v2] [--minilm DIR] [--rounds 3] [--seconds 10]
 
 Starts three real servers on free loopback ports: the CNN alone, MiniLM alone, and both (`--bundle`
 twice). It reports each server's RSS at its peak under load and once idle after the last round (each of
@@ -25,6 +25,7 @@ from typing import Any
 
 from benchmarks.loadgen import Window, batches, closed_loop, item_texts
 from benchmarks.serving import ServerProcess, rss_sampler, server_process
+from embedder.config import DEFAULT_BUNDLE
 from embedder.core.bundle import load_bundle
 
 # Callers per model: enough to fill the batches of each (MiniLM's batches take ~100x longer).
@@ -89,7 +90,7 @@ def measure(cnn: Path, minilm: Path, rounds: int, seconds: float) -> dict[str, A
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cnn", default="models/streamrec-cnn-v1")
+    parser.add_argument("--cnn", default=DEFAULT_BUNDLE)
     parser.add_argument("--minilm", help="a MiniLM bundle (default: the benchmark cache's minilm-fp32)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)

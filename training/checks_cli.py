@@ -1,7 +1,7 @@
 """Score the teacher and any number of bundles on the stand-in checks (training/checks.py), one table.
 
     python -m training.checks_cli --config training/configs/cnn5m-v2.toml \\
-        --bundle v1=models/streamrec-cnn-v1 --bundle v2=models/streamrec-cnn-v2 --out checks.json
+        --bundle v1=.cache/models/streamrec-cnn-v1 --bundle v2=models/streamrec-cnn-v2 --out checks.json
 
 Everything is built from the config's *held-out* split (never trained on): the compositional pairs,
 the item-retrieval set (held-out Debian packages: synopsis -> description) and the agreement sample.

@@ -1,6 +1,6 @@
 """The variant table: every model shape tried, its cost, speed against MiniLM, and its quality.
 
-    python -m training.variants --bundle models/streamrec-cnn-v1 --bundle <other> ... --out docs/variants.md
+    python -m training.variants --bundle models/streamrec-cnn-v2 --bundle <other> ... --out docs/variants.md
 
 Speed is model-only ONNX Runtime at batch 64 x 32 tokens, measured in one run, interleaved in rounds with
 the MiniLM baselines (this VM is noisy: median and max over rounds), in two 2-core set-ups: one session
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--out", default=None, help="write the markdown table + raw JSON here")
     args = parser.parse_args(argv)
-    from benchmarks.baselines import build_all
+    from benchmarks.baselines import ensure_baseline
 
-    bundles = {k: v for k, v in build_all().items() if k.startswith("minilm")}
+    bundles = {name: ensure_baseline(name) for name in ("minilm-fp32", "minilm-int8")}
     for spec in args.bundle:
         name, _, path = spec.rpartition("=")
         bundles[name or Path(path).name] = Path(path)

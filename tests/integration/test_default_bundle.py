@@ -1,4 +1,4 @@
-"""The committed default bundle (models/streamrec-cnn-v1) served over gRPC equals plain ONNX Runtime.
+"""The committed default bundle (embedder.config.DEFAULT_BUNDLE) served over gRPC equals plain ONNX Runtime.
 
 The reference here uses onnxruntime and tokenizers directly, not the embedder package, so a bug shared
 by the server and its own in-process path cannot hide.

@@ -17,15 +17,16 @@ from pathlib import Path
 import pytest
 
 from benchmarks.explain import stsb_faithfulness
+from embedder import config
 from embedder.core.bundle import load_bundle
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "streamrec-cnn-v1"
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / config.DEFAULT_BUNDLE
 BUNDLE = Path(os.environ.get("STREAMREC_EXPLAIN_BUNDLE") or DEFAULT_BUNDLE)
 
 
 @pytest.mark.skipif(
     not (BUNDLE / "manifest.json").is_file(),
-    reason=f"needs a trained bundle at {BUNDLE} (the default model is still training)",
+    reason=f"needs a trained bundle at {BUNDLE} (set STREAMREC_EXPLAIN_BUNDLE)",
 )
 @pytest.mark.requires_stsb
 def test_top_attributed_words_matter_more_than_random_words() -> None:
