@@ -75,7 +75,6 @@ def snippet_lines(run_dir: Path) -> list[str]:
     if not found:
         return []
     lines = [
-        "",
         "Focused runs saved with it (same machine, one after another; "
         "[docs/benchmarks.md](docs/benchmarks.md) says how each is measured):",
         "",
