@@ -47,8 +47,10 @@ class PaddingTally:
 
 
 def make_engine(bundle_dir: Path, observer: PaddingTally | None = None) -> EmbeddingEngine:
-    """An engine with the server's defaults (environment ignored, as for the server subprocesses)."""
-    config = load_config({"bundle": str(bundle_dir)}, env={})
+    """An engine with the server's defaults (environment ignored, as for the server subprocesses), but
+    no embedding cache: the rounds repeat the same texts, and the benchmark measures the runtime and the
+    model (`streamrec-bench cache` measures the cache)."""
+    config = load_config({"bundle": str(bundle_dir), "embedding_cache_mb": 0}, env={})
     return EmbeddingEngine(load_bundle(bundle_dir), config, observer)
 
 

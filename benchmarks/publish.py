@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks import focused
 from benchmarks.models import CNN
 from benchmarks.plots import draw_all
 from benchmarks.report import label, num, rate, ratio_text, render, targets_table
@@ -51,6 +52,7 @@ def readme_snippet(results: dict[str, Any], run_dir: Path) -> str:
             "The issues' targets in this run (reported, not asserted: the machine is shared and noisy):",
             "",
             *targets_table(results),
+            *focused.snippet_lines(run_dir),
         ]
     )
 

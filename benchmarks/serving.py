@@ -106,7 +106,10 @@ _SERVE = (
 def server_process(bundle: Path | Sequence[Path], **flags: Any) -> Iterator[ServerProcess]:
     """`streamrec-embedder serve` in a subprocess on a free port; timed from spawn to health SERVING.
 
-    Several bundles: one server with every one of them loaded (`--bundle` repeated)."""
+    Several bundles: one server with every one of them loaded (`--bundle` repeated). The embedding cache
+    is off unless `flags` sets it: benchmarks send the same texts round after round, and measure the
+    runtime and the model, not the cache (`streamrec-bench cache` measures that)."""
+    flags = {"embedding_cache_mb": 0, **flags}
     port = _free_port()
     cmd = [sys.executable, "-c", _SERVE, "serve", "--host", "127.0.0.1"]
     for path in [bundle] if isinstance(bundle, Path) else bundle:

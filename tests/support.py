@@ -26,7 +26,14 @@ T = TypeVar("T")
 
 def make_config(**overrides: Any) -> ServerConfig:
     """Loopback, port 0 for gRPC and metrics; env ignored so a developer's shell cannot leak in."""
-    base: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "metrics_host": "127.0.0.1"}
+    # The embedding cache is off unless a test asks for it: a hit would hide what a test exercises.
+    base: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "metrics_host": "127.0.0.1",
+        "embedding_cache_mb": 0.0,
+    }
     base.update(overrides)
     return load_config(base, env={})
 

@@ -219,6 +219,8 @@ class EmbeddingEngine:
             if entry is not None:
                 raw[i] = entry.array()
                 counts[i] = entry.tokens
+        if not missing:  # answered without a single await: let the loop's other tasks run
+            await asyncio.sleep(0)
         return EmbedResult(raw, counts, result.tokenize_s, result.queue_s, result.inference_s)
 
     async def _encode_in_pool(
