@@ -93,10 +93,10 @@ class ServerConfig:
     inference_timeout_s: float = 30.0
     log_level: str = "INFO"
     # Embedding cache (core/cache.py): megabytes of raw model outputs kept per server, LRU-evicted, keyed
-    # by (bundle sha256, truncation, text). 0 = off. On by default: measured at 64 callers on item texts,
-    # 3.3x the items/s on a Zipf(1.1) stream and no cost without repeats (docs/operations.md); 64 MiB
-    # holds ~34,000 item texts and keeps the server well under 400 MB RSS.
-    embedding_cache_mb: float = 64.0
+    # by (bundle sha256, truncation, text). 0 = off, the default for now: its measurements say on (3.3x
+    # on a Zipf stream, no cost without repeats), but with it on a drain under load cut calls CANCELLED
+    # (docs/operations.md, "Embedding cache").
+    embedding_cache_mb: float = 0.0
     # Diagnostics: write every batch the scheduler forms (its texts' token ids) to this JSONL file, for
     # `streamrec-bench overhead` to replay on the model alone. "" = off. It holds the texts: not for
     # production traffic.
