@@ -230,11 +230,9 @@ class EmbeddingEngine:
         cancelled caller's next job is never submitted (and a queued one is skipped); a late one is
         refused when it starts."""
         loop = asyncio.get_running_loop()
-        jobs = self.tokenizer.jobs(texts, TOKENIZE_JOB_CHARS)
-        if len(jobs) == 1:
-            return await loop.run_in_executor(pool, self._encode_in_time, texts, truncate, deadline)
         parts: list[Encoded] = []
-        for job in jobs:  # truncation is judged on the whole request, so its error names the right index
+        for job in self.tokenizer.jobs(texts, TOKENIZE_JOB_CHARS):
+            # Truncation is judged on the whole request below, so its error names the request's index.
             parts.append(await loop.run_in_executor(pool, self._encode_in_time, job, True, deadline))
         encoded = Encoded.joined(parts)
         if not truncate:

@@ -54,6 +54,8 @@ class Encoded:
     @classmethod
     def joined(cls, parts: Sequence[Encoded]) -> Encoded:
         """The encodings of consecutive slices of one text list, as one (indices renumbered)."""
+        if len(parts) == 1:
+            return parts[0]
         ids: list[list[int]] = []
         truncated: list[int] = []
         for part in parts:
@@ -104,18 +106,18 @@ class TextTokenizer:
     def cost_chars(self, texts: Sequence[str]) -> int:
         """About how many characters `encode(texts)` will read: the admission's measure of its work
         (a prefix per long text; more only for texts with little to tokenize in their first part)."""
-        if self._cutter is None:
-            return sum(len(t) for t in texts)
-        return sum(min(len(t), self._cutter.chars) for t in texts)
+        return sum(self._cost(t) for t in texts)
+
+    def _cost(self, text: str) -> int:
+        return len(text) if self._cutter is None else min(len(text), self._cutter.chars)
 
     def jobs(self, texts: Sequence[str], max_chars: int) -> list[Sequence[str]]:
         """`texts` cut into consecutive slices of at most `max_chars` of `cost_chars` each (at least one
         text per slice), so that tokenizing a large request can be interleaved with other requests."""
-        limit = self._cutter.chars if self._cutter is not None else None
         slices: list[Sequence[str]] = []
         start = cost = 0
         for i, text in enumerate(texts):
-            chars = len(text) if limit is None else min(len(text), limit)
+            chars = self._cost(text)
             if cost + chars > max_chars and i > start:
                 slices.append(texts[start:i])
                 start, cost = i, 0
