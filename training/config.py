@@ -33,6 +33,7 @@ class PairsConfig:
     max_edits: int = 2  # edits per chosen sentence, of different kinds
     per_batch: int = 64  # at most this many edits join a batch, next to their parents
     seed: int = 4321
+    antonyms: bool = True  # antonym swaps need WordNet (scripts/install_corpus_sources.sh)
 
 
 @dataclass

@@ -189,6 +189,11 @@ class Antonyms:
 
     @classmethod
     def from_wordnet(cls, wordnet_dir: Path = Path("/usr/share/wordnet")) -> Antonyms:
+        if not (wordnet_dir / "data.adj").is_file():
+            raise FileNotFoundError(
+                f"antonym edits need WordNet ({wordnet_dir}/data.*): run scripts/install_corpus_sources.sh, "
+                "or set [pairs] antonyms = false"
+            )
         pairs: dict[str, set[str]] = {}
         for pos in ("adj", "adv", "noun", "verb"):
             path = wordnet_dir / f"data.{pos}"

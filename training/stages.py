@@ -93,7 +93,7 @@ def stage_pairs(job: JobConfig, train_texts: list[str], d: Dist) -> Edits:
     key = config_hash({"n": len(train_texts), "first": train_texts[:3], "cfg": asdict(cfg), "code": digest})
     path = Path(job.work_dir) / "pairs" / f"{key}.jsonl"
     if d.main and not path.exists():
-        antonyms = minimal_pairs.Antonyms.from_wordnet()
+        antonyms = minimal_pairs.Antonyms.from_wordnet() if cfg.antonyms else minimal_pairs.Antonyms({})
         rows = minimal_pairs.edits_for_corpus(train_texts, antonyms, cfg.seed, cfg.fraction, cfg.max_edits)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

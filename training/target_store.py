@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,9 +48,13 @@ class TargetStore:
         self.root.mkdir(parents=True, exist_ok=True)
         meta = self.root / "store.json"
         want = {"namespace": self.namespace, "dim": self.dim, "format": 1}
-        if meta.exists() and json.loads(meta.read_text()) != want:
-            raise ValueError(f"{self.root} holds vectors of {meta.read_text()}, not {want}")
-        meta.write_text(json.dumps(want))
+        if meta.exists():
+            if json.loads(meta.read_text()) != want:
+                raise ValueError(f"{self.root} holds vectors of {meta.read_text()}, not {want}")
+        else:  # several ranks may open the store at once: write aside and rename, never truncate in place
+            with tempfile.NamedTemporaryFile("w", dir=self.root, suffix=".tmp", delete=False) as fh:
+                fh.write(json.dumps(want))
+            Path(fh.name).replace(meta)
         for path in sorted(self.root.glob("chunk-*.npz")):
             data = np.load(path)
             chunk_no = len(self._chunks)

@@ -3,6 +3,7 @@ re-opened store sees earlier chunks, another namespace's folder is refused."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,22 @@ def test_reopened_store_resumes_and_namespaces_do_not_mix(tmp_path: Path) -> Non
     assert not list(tmp_path.glob("*.tmp.npz"))
     with pytest.raises(ValueError, match="teacher@16"):
         TargetStore(tmp_path, "teacher@16", 4)
+
+
+def test_ranks_opening_the_store_at_once_never_read_a_half_written_header(tmp_path: Path) -> None:
+    # torchrun ranks open the same store together; the header used to be truncated and rewritten in place
+    errors: list[BaseException] = []
+
+    def opener() -> None:
+        try:
+            for _ in range(300):
+                TargetStore(tmp_path, "teacher@8", 4)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
