@@ -54,7 +54,7 @@ CONFIG_HELP: dict[str, str] = {
     "lower-priority threads, so interactive calls keep their latency (0 = no lanes).",
     "inference_timeout_s": "A batch running longer fails its callers and its worker is replaced.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
-    "embedding_cache_mb": "Megabytes of embeddings cached per server, LRU-evicted (0 = no cache).",
+    "embedding_cache_mb": "MiB of embeddings cached per server, LRU-evicted (default 64; 0 = no cache).",
     "batch_log": "Diagnostics: write every batch the server forms (token ids) to this JSONL file.",
     "tls_cert_file": "Server certificate (PEM); with --tls-key-file it turns TLS on (docs/tls.md).",
     "tls_key_file": "Server private key (PEM), with --tls-cert-file.",

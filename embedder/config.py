@@ -96,7 +96,7 @@ class ServerConfig:
     # by (bundle sha256, truncation, text). 0 = off, the default for now: its measurements say on (3.3x
     # on a Zipf stream, no cost without repeats), but with it on a drain under load cut calls CANCELLED
     # (docs/operations.md, "Embedding cache").
-    embedding_cache_mb: float = 0.0
+    embedding_cache_mb: float = 64.0
     # Diagnostics: write every batch the scheduler forms (its texts' token ids) to this JSONL file, for
     # `streamrec-bench overhead` to replay on the model alone. "" = off. It holds the texts: not for
     # production traffic.

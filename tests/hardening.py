@@ -157,7 +157,9 @@ def server_process(
 
     `env` adds variables to this process's environment (e.g. STREAMREC_EMBEDDER_API_KEYS)."""
     cmd = [sys.executable, "-m", "embedder.cli", "serve", "--bundle", str(bundle.path)]
-    cmd += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", *flags]
+    # The embedding cache is off unless a test asks for it (a later flag wins): a hit would hide the work
+    # a test means to exercise.
+    cmd += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", "--embedding-cache-mb", "0", *flags]
     proc = subprocess.Popen(
         cmd,
         stderr=subprocess.PIPE,

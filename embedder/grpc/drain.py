@@ -9,6 +9,7 @@ Watch streams (`limits.CallLimits`) and stops gRPC gracefully.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ class InflightTracker(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._prefixes = prefixes
         self.active = 0
         self.started = 0  # calls ever started (the drain asks whether any came in meanwhile)
+        self.last_seen = float("-inf")  # time.monotonic() when a tracked call last started or ended
         self._idle: asyncio.Event | None = None
 
     def _event(self) -> asyncio.Event:
@@ -40,13 +42,19 @@ class InflightTracker(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def _tracked(self, context: Any) -> AsyncIterator[None]:
         self.active += 1
         self.started += 1
+        self.last_seen = time.monotonic()
         self._event().clear()
         try:
             yield
         finally:
             self.active -= 1
+            self.last_seen = time.monotonic()
             if self.active == 0:
                 self._event().set()
+
+    def seen_within(self, seconds: float) -> bool:
+        """Whether a tracked call was running at some point in the last `seconds`."""
+        return self.active > 0 or time.monotonic() - self.last_seen <= seconds
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """True once no tracked call is running; False if `timeout_s` passed first."""

@@ -95,7 +95,10 @@ class RunningServer:
         self.gate.close()
         # gRPC keeps running while accepted calls finish, so calls that race with the signal get a
         # precise UNAVAILABLE from the service; stopping gRPC at once would cut some off (CANCELLED).
-        started, calls_before, busy = time.monotonic(), self.inflight.started, self.inflight.active > 0
+        started, calls_before = time.monotonic(), self.inflight.started
+        # Traffic is "recent" when a call ran within the settle window: calls answered from the cache
+        # take well under a millisecond, so under load none may be running at the instant of the signal.
+        busy = self.inflight.seen_within(_SETTLE_S)
         if await self.inflight.wait_idle(grace_s):
             # Settle (if there was traffic): the last responses leave, and callers who just got them
             # and call again are refused precisely too. Their refusals are held from now until gRPC's

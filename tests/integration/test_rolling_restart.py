@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 
 import grpc
+import pytest
 
 from embedder.client import ClientOptions, EmbedderClient
 from embedder.core.bundle import Bundle
@@ -75,8 +76,11 @@ async def _closed_loop_through_sigterm(proc: object, address: str) -> Counter[st
     return codes
 
 
-def test_sigterm_under_closed_loop_load_ends_no_call_cancelled(bundle: Bundle) -> None:
-    with server_process(bundle, *FLAGS) as (proc, port, lines):
+@pytest.mark.parametrize("cache_mb", ["0", "64"], ids=["no-cache", "cache"])
+def test_sigterm_under_closed_loop_load_ends_no_call_cancelled(bundle: Bundle, cache_mb: str) -> None:
+    # With the cache on every call after the first is a hit, answered in well under a millisecond: the
+    # drain then found nothing running when SIGTERM came and skipped its settle (16-62 CANCELLED).
+    with server_process(bundle, *FLAGS, "--embedding-cache-mb", cache_mb) as (proc, port, lines):
         codes = asyncio.run(_closed_loop_through_sigterm(proc, f"127.0.0.1:{port}"))
         assert proc.returncode == 0
     server = served(lines)
@@ -105,7 +109,8 @@ def test_the_client_fails_no_call_while_one_of_two_replicas_restarts(bundle: Bun
             except BaseException as exc:  # any failure at all is what this test counts
                 failures.append(exc)
 
-    with server_process(bundle, *FLAGS) as (a, a_port, _), server_process(bundle, *FLAGS) as (_b, b_port, _):
+    flags = (*FLAGS, "--embedding-cache-mb", "64")  # the product's default: repeated texts are cache hits
+    with server_process(bundle, *flags) as (a, a_port, _), server_process(bundle, *flags) as (_b, b_port, _):
         options = ClientOptions(timeout_s=20, max_texts_per_request=64)
         addresses = [f"127.0.0.1:{a_port}", f"127.0.0.1:{b_port}"]
         with EmbedderClient(addresses, options) as client:
@@ -118,7 +123,7 @@ def test_the_client_fails_no_call_while_one_of_two_replicas_restarts(bundle: Bun
                 assert a.wait(30) == 0
                 before_restart = done[0]
                 restart = ("--port", str(a_port), "--metrics-port", "0")
-                with server_process(bundle, *FLAGS, *restart) as (again, again_port, again_lines):
+                with server_process(bundle, *flags, *restart) as (again, again_port, again_lines):
                     assert again_port == a_port
                     url = f"http://127.0.0.1:{metrics_port(again_lines)}/metrics"
                     # The client's channel to A reconnects on gRPC's backoff (1 s, then x1.6).

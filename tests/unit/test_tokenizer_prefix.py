@@ -62,7 +62,10 @@ def reference(max_tokens: int) -> Tokenizer:
 
 
 def tokenizer(max_tokens: int, prefix_chars: int) -> TextTokenizer:
-    return TextTokenizer(Tokenizer.from_file(str(TOKENIZER_JSON)), max_tokens, 0, prefix_chars)
+    # The `tokenizers` path (what non-ASCII texts take); the ASCII fast path has tests of its own.
+    return TextTokenizer(
+        Tokenizer.from_file(str(TOKENIZER_JSON)), max_tokens, 0, prefix_chars, fast_path=False
+    )
 
 
 REFERENCES = {n: reference(n) for n in (3, 5, 12, 40)}
@@ -114,7 +117,7 @@ def test_a_long_text_is_tokenized_only_as_far_as_its_kept_tokens() -> None:
     """512 texts of 20,000 characters (the adversarial run: 3.8 s to tokenize whole, for 128 tokens
     each): each is tokenized from a prefix of at most 8 characters per kept token plus one word."""
     recorder = RecordingTokenizer()
-    tok = TextTokenizer(recorder, 128, 0)  # type: ignore[arg-type]
+    tok = TextTokenizer(recorder, 128, 0, fast_path=False)  # type: ignore[arg-type]
     words = [
         "the",
         "quick",
@@ -140,7 +143,7 @@ def test_a_long_text_is_tokenized_only_as_far_as_its_kept_tokens() -> None:
 def test_a_prefix_without_enough_tokens_grows_until_it_has_them() -> None:
     """Mostly whitespace: the first prefix holds no token at all, so it cannot stand in for the text."""
     recorder = RecordingTokenizer()
-    tok = TextTokenizer(recorder, 16, 0, prefix_chars=32)  # type: ignore[arg-type]
+    tok = TextTokenizer(recorder, 16, 0, prefix_chars=32, fast_path=False)  # type: ignore[arg-type]
     text = " " * 300 + " ".join(["word"] * 40)
     assert tok.encode([text]).ids == [reference(16).encode(text).ids]
     assert recorder.chars == [32, 128, len(text)]  # 512 > len(text) = 499: the last try is all of it
