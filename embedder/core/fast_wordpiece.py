@@ -13,8 +13,10 @@ C-level regex and a dict do several times faster:
   a word is seen and remembered (a bounded dict), so the pieces are the model's by construction;
 - `[CLS] ... [SEP]` around the first `max_tokens - 2` pieces (truncation keeps the start).
 
-Any other text (non-ASCII, control characters, a character an added token such as `[MASK]` starts with)
-returns None and takes the `tokenizers` path; so does every text of a tokenizer whose pipeline is not
+A long text is read only as far as its kept pieces go (as `tokenizer_prefix.py` does for `tokenizers`),
+and only that part need be plain ASCII. Any other text (non-ASCII, control characters, a character an
+added token such as `[MASK]` starts with, in the part that is read) returns None and takes the
+`tokenizers` path; so does every text of a tokenizer whose pipeline is not
 exactly this one (`FastWordPiece.for_tokenizer` returns None). tests/unit/test_fast_wordpiece.py checks
 the ids against `tokenizers` on real item texts and on generated ones.
 """
@@ -77,19 +79,18 @@ class FastWordPiece:
     def encode(self, text: str, cut_chars: int) -> tuple[list[int], bool] | None:
         """(ids with [CLS]/[SEP], truncated?) or None if `text` must take the `tokenizers` path.
 
-        Only the first `cut_chars` characters are read when they already hold more pieces than are
-        kept (the word they cut through is dropped); otherwise the whole text is."""
+        Only the first `cut_chars` characters are read (and need be plain ASCII) when they already hold
+        more pieces than are kept: the word they cut through is dropped, and nothing after a word can
+        change how it is tokenized (the normalizer and the pre-tokenizer work character by character,
+        splitting at whitespace and punctuation). Otherwise the whole text is read."""
+        if len(text) > cut_chars and self._other.search(text, 0, cut_chars) is None:
+            pieces = self._pieces_of(_WORDS.findall(text, 0, cut_chars)[:-1])
+            if len(pieces) > self._keep:
+                return [self._cls, *pieces[: self._keep], self._sep], True
         if self._other.search(text) is not None:
             return None
-        if len(text) > cut_chars:
-            words = _WORDS.findall(text, 0, cut_chars)[:-1]
-            pieces = self._pieces_of(words)
-            if len(pieces) <= self._keep:  # too few to prove where the text is cut: read all of it
-                pieces = self._pieces_of(_WORDS.findall(text))
-        else:
-            pieces = self._pieces_of(_WORDS.findall(text))
-        truncated = len(pieces) > self._keep
-        return [self._cls, *pieces[: self._keep], self._sep], truncated
+        pieces = self._pieces_of(_WORDS.findall(text))
+        return [self._cls, *pieces[: self._keep], self._sep], len(pieces) > self._keep
 
     def _pieces_of(self, words: list[str]) -> list[int]:
         out: list[int] = []

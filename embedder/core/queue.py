@@ -59,7 +59,7 @@ class Request:
     cancelled or its request failed, and the queue sets it to DROP_DEADLINE when its deadline passes.
     """
 
-    __slots__ = ("batches", "deadline", "gone", "inference_s", "queue_s", "remaining", "rows")
+    __slots__ = ("batches", "deadline", "gone", "queue_s", "remaining", "rows")
 
     def __init__(self, n: int, dim: int, deadline: float | None = None) -> None:
         self.rows: FloatArray = np.empty((n, dim), dtype=np.float32)
@@ -67,8 +67,18 @@ class Request:
         self.deadline = deadline
         self.gone: str | None = None
         self.queue_s = 0.0
-        self.inference_s = 0.0
-        self.batches: set[int] = set()
+        # The batches that carried its texts: id -> (started, finished), on the scheduler's clock.
+        self.batches: dict[int, tuple[float, float]] = {}
+
+    @property
+    def inference_s(self) -> float:
+        """Time during which at least one of its batches ran: batches of one request may run at once
+        on different sessions, and the sum of their times would exceed the caller's wall time."""
+        covered, reach = 0.0, float("-inf")
+        for started, finished in sorted(self.batches.values()):
+            covered += max(0.0, finished - max(started, reach))
+            reach = max(reach, finished)
+        return covered
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline

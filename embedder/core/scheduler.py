@@ -304,14 +304,39 @@ class Scheduler:
     async def _run(self, batch: list[Item], lane: str) -> None:
         # Lone: no other batch running or queued when this one starts (the inline policy's question).
         lone = self.queued_items == 0 and self._slots.busy <= 1
-        try:
-            await self._run_once(batch, lane, isolate=True, lone=lone)
-        finally:
-            self._slots.give(lane)
-            if self._wake is not None:
-                self._wake.set()
+        held = True
 
-    async def _run_once(self, batch: list[Item], lane: str, isolate: bool, lone: bool = False) -> None:
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._slots.give(lane)
+                self._launch_ready()
+
+        try:
+            await self._run_once(batch, lane, isolate=True, lone=lone, ran=release)
+        finally:
+            release()
+
+    def _launch_ready(self) -> None:
+        """A slot was freed: launch what is due at once, from here, rather than after the dispatcher's
+        next turn of the event loop (under load the loop is busy answering callers, and every turn a
+        session waits for is inference capacity lost); then let the dispatcher re-plan its timers."""
+        if not self._closing:
+            for lane in LANES:
+                if self._slots.free(lane):
+                    self._launch_due(lane)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _run_once(
+        self,
+        batch: list[Item],
+        lane: str,
+        isolate: bool,
+        lone: bool = False,
+        ran: Callable[[], None] | None = None,
+    ) -> None:
         """Run one batch. If it fails and holds several requests, each request is re-run alone, so a
         text that breaks the model fails only its own caller, not its batch-mates (a stuck batch is
         not re-run: that would double the time its callers wait)."""
@@ -324,6 +349,8 @@ class Scheduler:
             out = await self._run_batch(rows, lone, lane)
             if out.shape[0] != len(batch):
                 raise InferenceError(f"model returned {out.shape[0]} rows for {len(batch)} texts")
+            if ran is not None:  # the session is free: start the next batch before answering this one's
+                ran()
         except Exception as exc:
             groups = _by_request(batch)
             if not isolate or len(groups) < 2 or isinstance(exc, InferenceTimeoutError):
@@ -375,7 +402,6 @@ class Scheduler:
         self, batch: list[Item], out: FloatArray, batch_id: int, ran: tuple[float, float], lane: str
     ) -> None:
         started, finished = ran
-        inference_s = finished - started
         for item, row in zip(batch, out, strict=True):
             request = item.request
             future = self._futures.get(request)
@@ -383,16 +409,14 @@ class Scheduler:
                 continue
             request.rows[item.index] = row
             request.remaining -= 1
-            if batch_id not in request.batches:
-                request.batches.add(batch_id)
-                request.inference_s += inference_s
+            request.batches[batch_id] = ran
             request.queue_s = max(request.queue_s, started - item.enqueued_at)
             if request.remaining == 0:
                 future.set_result(BatchResult(request.rows, request.queue_s, request.inference_s))
         if self._observer is not None:
             longest = max(len(item.ids) for item in batch)
             real = sum(len(item.ids) for item in batch)
-            self._observer.observe_batch(len(batch), longest * len(batch), real, inference_s, lane)
+            self._observer.observe_batch(len(batch), longest * len(batch), real, finished - started, lane)
 
     def _dropped(self, items: int, reason: str) -> None:
         if self._observer is not None:

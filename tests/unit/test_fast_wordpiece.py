@@ -73,6 +73,10 @@ def test_long_texts_are_cut_where_tokenizers_cuts_them(fast: FastWordPiece) -> N
     words = "catalogue item number 7 (refurbished), ships-in 2 days; unbelievably-cheap!"
     for text in [words * 50, " " * 5000 + words * 3, "a" * 300 + " " + words * 20, "x" * 5000]:
         assert fast.encode(text, cut_chars=64) == _reference(text)
+    # Past the part that is read, a text may hold anything: it cannot change the kept pieces.
+    tail = words * 10 + " caf\u00e9 [MASK] \x00\u4e2d"
+    assert fast.encode(tail, cut_chars=200) == _reference(tail)
+    assert fast.encode(tail, cut_chars=len(tail)) is None
 
 
 def test_added_tokens_and_non_ascii_go_to_tokenizers(fast: FastWordPiece) -> None:

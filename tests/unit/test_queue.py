@@ -210,3 +210,11 @@ def test_without_the_rule_one_batch_takes_every_length() -> None:
     queue, _ = make()
     push(queue, [*rows(1, 3, length=10), *rows(20, 2, length=40)])
     assert firsts(queue.next_batch()) == [1, 2, 3, 20, 21]
+
+
+def test_inference_time_of_a_request_counts_overlapping_batches_once() -> None:
+    # Two batches of one request on two sessions at once, then a third after a gap: 3 + 1 s, not 2 + 2 + 1.
+    request = Request(6, 4)
+    request.batches.update({1: (10.0, 12.0), 2: (11.0, 13.0), 3: (20.0, 21.0)})
+    assert request.inference_s == pytest.approx(4.0)
+    assert Request(1, 4).inference_s == 0.0
