@@ -55,6 +55,8 @@ CONFIG_HELP: dict[str, str] = {
     "inference_timeout_s": "A batch running longer fails its callers and its worker is replaced.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",
     "embedding_cache_mb": "MiB of embeddings cached per server, LRU-evicted (default 64; 0 = no cache).",
+    "malloc_arenas": "glibc malloc arenas (M_ARENA_MAX) for the server: fewer keep its memory from "
+    "growing after bursts of long texts (default 2; 0 = glibc's default).",
     "batch_log": "Diagnostics: write every batch the server forms (token ids) to this JSONL file.",
     "tls_cert_file": "Server certificate (PEM); with --tls-key-file it turns TLS on (docs/tls.md).",
     "tls_key_file": "Server private key (PEM), with --tls-cert-file.",

@@ -35,6 +35,10 @@ FloatArray = npt.NDArray[np.float32]
 # Bytes per entry beyond its vector and its text: the key tuple, the entry tuple, the bytes object's
 # header and the OrderedDict's slot (measured with tracemalloc on CPython 3.11; see the test).
 ENTRY_OVERHEAD_BYTES = 240
+# Longer texts are neither looked up nor stored (nor counted as hits or misses): they are not catalogue
+# items re-ranked all day, hashing them would cost the event loop ~0.5 ms per 20,000 characters, and one
+# request of 512 such texts would push ~10 MB of popular items out (issue 14's long-text flood).
+MAX_CACHED_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,12 @@ class EmbeddingCache:
         """Each text's entry (now most recently used), or None; counts hits and misses."""
         found: list[Cached | None] = []
         with self._lock:
+            looked_up = 0
             for text in texts:
+                if len(text) > MAX_CACHED_CHARS:
+                    found.append(None)
+                    continue
+                looked_up += 1
                 key = (model, truncate, text)
                 entry = self._entries.get(key)
                 if entry is None:
@@ -98,7 +107,7 @@ class EmbeddingCache:
                     found.append(Cached(*entry))
             hits = sum(e is not None for e in found)
             self._hits += hits
-            self._misses += len(found) - hits
+            self._misses += looked_up - hits
         return found
 
     def put_many(
@@ -107,6 +116,8 @@ class EmbeddingCache:
         """Store each text's raw row; a text already cached keeps its first vector. Evicts LRU entries."""
         with self._lock:
             for text, row, count in zip(texts, rows, tokens, strict=True):
+                if len(text) > MAX_CACHED_CHARS:
+                    continue
                 key = (model, truncate, text)
                 if key in self._entries:
                     self._entries.move_to_end(key)

@@ -186,7 +186,10 @@ class EmbeddingEngine:
                 encoded = self._encode_inline(texts, truncate)
             else:
                 pool = self._bulk_tokenize_pool if reservation.lane == BULK else self._tokenize_pool
-                encoded = await self._encode_in_pool(pool, texts, truncate, deadline)
+                # Bulk threads run at a lower OS priority: holding the GIL there (the fast path's Python)
+                # would hold up the event loop and interactive threads, so bulk uses `tokenizers` only.
+                gil_free = reservation.lane == BULK
+                encoded = await self._encode_in_pool(pool, texts, truncate, deadline, gil_free)
             reservation.tokenized()
             tokenize_s = time.monotonic() - started
             result = await reservation.submit(encoded.ids, deadline)
@@ -224,7 +227,12 @@ class EmbeddingEngine:
         return EmbedResult(raw, counts, result.tokenize_s, result.queue_s, result.inference_s)
 
     async def _encode_in_pool(
-        self, pool: DaemonThreadPool, texts: Sequence[str], truncate: bool, deadline: float | None
+        self,
+        pool: DaemonThreadPool,
+        texts: Sequence[str],
+        truncate: bool,
+        deadline: float | None,
+        gil_free: bool = False,
     ) -> Encoded:
         """Tokenize on `pool` (the request's lane's), one job of at most ~TOKENIZE_JOB_CHARS at a time. A
         cancelled caller's next job is never submitted (and a queued one is skipped); a late one is
@@ -233,16 +241,16 @@ class EmbeddingEngine:
         parts: list[Encoded] = []
         for job in self.tokenizer.jobs(texts, TOKENIZE_JOB_CHARS):
             # Truncation is judged on the whole request below, so its error names the request's index.
-            parts.append(await loop.run_in_executor(pool, self._encode_in_time, job, True, deadline))
+            parts.append(await loop.run_in_executor(pool, self._encode_in_time, job, deadline, gil_free))
         encoded = Encoded.joined(parts)
         if not truncate:
             self.tokenizer.refuse_truncated(encoded)
         return encoded
 
-    def _encode_in_time(self, texts: Sequence[str], truncate: bool, deadline: float | None) -> Encoded:
+    def _encode_in_time(self, texts: Sequence[str], deadline: float | None, gil_free: bool) -> Encoded:
         """A tokenizer thread's job: nothing is spent on a caller whose deadline passed while it waited."""
         _check_deadline(deadline, "while its texts waited for the tokenizer")
-        return self.tokenizer.encode(texts, truncate)
+        return self.tokenizer.encode(texts, fast_path=not gil_free)
 
     def _encode_inline(self, texts: Sequence[str], truncate: bool) -> Encoded:
         """Tokenize on the calling (event loop) thread; a Rust panic becomes an ordinary error here too."""

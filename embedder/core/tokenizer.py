@@ -135,13 +135,15 @@ class TextTokenizer:
         slices.append(texts[start:])
         return slices
 
-    def encode(self, texts: Sequence[str], truncate: bool = True) -> Encoded:
-        """Encode `texts`; with `truncate=False` a text over `max_tokens` raises `InvalidInputError`."""
+    def encode(self, texts: Sequence[str], truncate: bool = True, fast_path: bool = True) -> Encoded:
+        """Encode `texts`; with `truncate=False` a text over `max_tokens` raises `InvalidInputError`.
+        `fast_path=False`: every text through `tokenizers`, which releases the GIL (same ids)."""
+        fast = self._fast if fast_path else None
         ids: list[list[int]] = []
         truncated: list[int] = []
         others: list[int] = []  # texts the fast path leaves to `tokenizers`
         for i, text in enumerate(texts):
-            done = self._fast.encode(text, self._fast_chars) if self._fast is not None else None
+            done = fast.encode(text, self._fast_chars) if fast is not None else None
             if done is None:
                 others.append(i)
                 ids.append([])

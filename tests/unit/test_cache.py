@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from embedder.core.cache import EmbeddingCache
+from embedder.core.cache import MAX_CACHED_CHARS, EmbeddingCache
 from embedder.errors import ConfigError
 
 DIM = 384
@@ -88,3 +88,13 @@ def test_a_zero_or_negative_size_is_off_or_refused() -> None:
     assert cache is not None and cache.capacity_bytes == int(1.5 * 2**20)
     with pytest.raises(ConfigError, match="must be > 0"):
         EmbeddingCache(0)
+
+
+def test_texts_longer_than_the_cap_are_neither_stored_nor_looked_up() -> None:
+    cache = EmbeddingCache(10 * 2**20)
+    long = "word " * (MAX_CACHED_CHARS // 5 + 1)
+    cache.put_many("sha-a", True, [long, "short"], rows(2), [128, 3])
+    found = cache.get_many("sha-a", True, [long, "short"])
+    assert found[0] is None and found[1] is not None
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.entries) == (1, 0, 1)
