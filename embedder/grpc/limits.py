@@ -77,7 +77,7 @@ class CallLimits(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or lane is None:
             return handler
         if lane.cap and lane.active >= lane.cap:
-            return refusing(handler, lambda context: self._refuse(context, lane, method))
+            return refusing(handler, lambda: self._refusal(lane, method))
         started = [False]
         wrapped = wrap(handler, lambda context: self._open(context, lane, method, started))
         if not wrapped.request_streaming and self._metrics is not None:
@@ -118,11 +118,16 @@ class CallLimits(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 self._watchers.pop(task, None)
                 self._ending.discard(task)
 
-    async def _refuse(self, context: Context, lane: Lane, method: str) -> None:
+    def _refusal(self, lane: Lane, method: str) -> tuple[grpc.StatusCode, str]:
+        """The status a call refused for `lane` ends with, counted."""
         error = OverloadedError(f"too many {lane.what} (limit {lane.cap}); retry with backoff")
         code, message = status_for(error, "")
         if self._metrics is not None:
             self._metrics.observe_request(method.rsplit("/", 1)[-1], code.name, 0.0)
+        return code, message
+
+    async def _refuse(self, context: Context, lane: Lane, method: str) -> None:
+        code, message = self._refusal(lane, method)
         await context.abort(code, message)
 
     def end_watch_streams(self) -> int:
