@@ -1,7 +1,8 @@
-"""The focused runs saved next to a full run: `overhead.json`, `cache.json`, `infinity.json` in its run
-directory (`streamrec-bench overhead|cache|infinity --out benchmarks/results/<run>/<name>.json`).
+"""The focused runs saved next to a full run: `overhead.json`, `cache.json`, `infinity.json`,
+`mixed_attack.json` in its run directory (`streamrec-bench overhead|cache|infinity|mixed-attack --out
+benchmarks/results/<run>/<name>.json`).
 
-Their issue-15 figures go into the README snippet beside the suite's table, computed from the files,
+Their issue-14/15 figures go into the README snippet beside the suite's table, computed from the files,
 so no hand-typed figure can drift from what was measured (tests/unit/test_committed_results.py).
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from benchmarks.report import num, rate, ratio_text
 
-FOCUSED = ("overhead", "cache", "infinity")
+FOCUSED = ("overhead", "cache", "infinity", "mixed_attack")
 
 
 def load(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -66,7 +67,20 @@ def _infinity(r: dict[str, Any]) -> list[str]:
     ]
 
 
-ROWS = {"overhead": _overhead, "cache": _cache, "infinity": _infinity}
+def _mixed_attack(r: dict[str, Any]) -> list[str]:
+    normal, rss, targets = r["under_attack"]["normal"], r["rss_mib"], r["targets"]
+    health = r["under_attack"]["health"]["codes"]
+    return [
+        f"| mixed attack (`mixed-attack`, {num(r['seconds'], '.0f')} s: Watch flood + long-text flood + "
+        f"normal keyed calls) | normal calls p99 {num(r['unloaded']['p99_ms'], '.1f')} ms unloaded, "
+        f"{num(normal['p99_ms'], '.1f')} ms under attack; health SERVING {health.get('SERVING', 0):,} of "
+        f"{sum(health.values()):,} | p99 {num(targets['normal_p99_ratio']['value'], '.2f')}x unloaded "
+        f"(wanted <= 3x); RSS +{num(100 * rss['growth_net_of_cache'], '.0f')}% net of the cache "
+        f"(+{num(100 * rss['growth'], '.0f')}% raw; wanted <= 20%) |",
+    ]
+
+
+ROWS = {"overhead": _overhead, "cache": _cache, "infinity": _infinity, "mixed_attack": _mixed_attack}
 
 
 def snippet_lines(run_dir: Path) -> list[str]:

@@ -36,12 +36,12 @@ class GatedTokenizer:
         self._encode = engine.tokenizer.encode
         engine.tokenizer.encode = self.encode  # type: ignore[method-assign]
 
-    def encode(self, texts: Sequence[str], truncate: bool = True) -> Encoded:
+    def encode(self, texts: Sequence[str], truncate: bool = True, fast_path: bool = True) -> Encoded:
         self.seen += texts
         self.calls.append(list(texts))
         self.entered.release()
         self.open.wait(30)
-        return self._encode(texts, truncate)
+        return self._encode(texts, truncate, fast_path=fast_path)
 
 
 @pytest.fixture

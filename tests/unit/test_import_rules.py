@@ -18,6 +18,7 @@ EMBEDDER_RULES: dict[str, set[str]] = {
     "embedder.config": {"embedder.errors"},
     "embedder.metrics": set(),
     "embedder.options": set(),  # the per-vector options every way in shares
+    "embedder.malloc": set(),  # glibc's arena cap, set once by the entry point
     "embedder.v1": set(),
     "embedder.core": {"embedder.errors", "embedder.config", "embedder.options"},
     "embedder.explain": {"embedder.core", "embedder.errors", "embedder.config"},
