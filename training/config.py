@@ -58,6 +58,9 @@ class TrainConfig:
     # Matryoshka: the relational term again on each prefix of the embedding (listed in the manifest).
     matryoshka_dims: list[int] = dataclasses.field(default_factory=list)
     w_matryoshka: float = 1.0
+    # Per-token distillation (training/token_targets.py): each position's projected features against
+    # the teacher's hidden state there, on the rows whose tokens still line up with the clean text's.
+    w_token: float = 0.0
     # Augmentation of the student's input (teacher target stays the clean text's).
     p_augment: float = 0.5
     token_mask_rate: float = 0.1

@@ -44,3 +44,14 @@ def pair_cosine(
     s = F.normalize(student, dim=1)
     t = F.normalize(teacher, dim=1)
     return (((s[left] * s[right]).sum(1) - (t[left] * t[right]).sum(1)) ** 2).mean()
+
+
+def token_states(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Squared error of the student's per-position outputs against the teacher's hidden states
+    ([B, T, D] each) at the `valid` positions, as a fraction of the teacher states' variance there:
+    0 is a perfect match, 1 is no better than predicting their mean."""
+    s, t = student[valid], teacher[valid]
+    if not len(t):
+        return student.sum() * 0.0
+    spread = ((t - t.mean(dim=0)) ** 2).sum(dim=1).mean().clamp(min=1e-6)
+    return ((s - t) ** 2).sum(dim=1).mean() / spread

@@ -150,6 +150,15 @@ class CNNEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x, e = self._trunk(input_ids, attention_mask)
+        return self._pool(x, e, attention_mask)
+
+    def position_outputs(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The projection of each position's features alone, [B, T, out_dim]: what the embedding would be
+        if the text were that one position. With mean pooling the embedding is their masked mean."""
+        feats = torch.cat([x, e], dim=1) if self.cfg.static_skip else x
+        return self.proj(feats.squeeze(2).transpose(1, 2))  # type: ignore[no-any-return]
+
+    def _pool(self, x: torch.Tensor, e: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.score is None:
             count = attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
             # Pool each part first, then concatenate the small [B, C+E] (cheaper than concatenating maps).
@@ -162,6 +171,21 @@ class CNNEncoder(nn.Module):
         if self.cfg.static_skip:
             pooled = torch.cat([pooled, (e * w).sum(dim=(2, 3))], dim=1)
         return self.proj(pooled)  # type: ignore[no-any-return]
+
+
+class WithPositions(nn.Module):
+    """Training view of an encoder: (embeddings [B, out_dim], position outputs [B, T, out_dim]) from one
+    pass, for the per-token distillation term. A module of its own so DDP can wrap it."""
+
+    def __init__(self, encoder: CNNEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, e = self.encoder._trunk(input_ids, attention_mask)
+        return self.encoder._pool(x, e, attention_mask), self.encoder.position_outputs(x, e)
 
 
 def count_parameters(model: nn.Module) -> int:

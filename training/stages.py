@@ -4,6 +4,7 @@
     pairs    -> <work_dir>/pairs/<key>.jsonl                        minimal-pair edits of the train texts
     teacher  -> <work_dir>/teacher/store/chunk-*.npz                content-addressed: only new texts cost
     tokens   -> <work_dir>/tokens/<key>.npz                         token ids of the train texts
+    teacher tokens -> <work_dir>/teacher/tokens/<key>.f16           per-position teacher states (w_token > 0)
 
 Under torchrun, rank 0 builds every cache and the other ranks wait at a barrier, then read it.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from training import minimal_pairs
+from training import minimal_pairs, token_targets
 from training.config import JobConfig, config_hash
 from training.corpus import CorpusConfig, build_corpus, read_corpus
 from training.data import TokenizedCorpus, tokenize_corpus
@@ -35,6 +36,7 @@ from training.teacher import (
     make_encoder,
     teacher_tokenizer_path,
 )
+from training.vocab import teacher_vocab
 
 
 @dataclass
@@ -177,3 +179,22 @@ def eval_sample(job: JobConfig, heldout: list[dict[str, str]]) -> list[dict[str,
     rng = np.random.default_rng(job.train.seed)
     n = min(job.eval.agreement_texts, len(heldout))
     return [heldout[i] for i in sorted(rng.choice(len(heldout), n, replace=False))]
+
+
+def stage_token_targets(job: JobConfig, corpus: TokenizedCorpus, d: Dist, tag: str = "train") -> np.ndarray:
+    """The teacher's hidden state at every position of `corpus` (float16 memmap), cached and resumable."""
+    digest = hashlib.sha256(corpus.ids.tobytes() + corpus.offsets.tobytes()).hexdigest()[:16]
+    key = config_hash({"tokens": digest, "teacher": TEACHER_NAME, "max": job.train.max_tokens})
+    path = Path(job.work_dir) / "teacher" / "tokens" / f"{tag}-{key}.f16"
+    vocab = teacher_vocab()
+    special = (vocab.cls_id, vocab.sep_id, vocab.pad_id)
+
+    def hidden() -> token_targets.HiddenFn:
+        precision = choose_precision(job.teacher.precision)
+        _log_precision(job, precision)
+        return token_targets.make_hidden(job.train.max_tokens, precision)
+
+    if d.main:
+        token_targets.build(corpus, path, hidden, special, batch_size=job.teacher.batch_size)
+    d.barrier()
+    return token_targets.build(corpus, path, hidden, special)

@@ -10,6 +10,7 @@ so re-running the same command after an interrupt picks up where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -26,7 +27,7 @@ from training import losses
 from training.augment import AugmentConfig
 from training.config import JobConfig, TrainConfig, load_job_config
 from training.data import Collator, EditIndex, TokenizedCorpus, continuation_mask, step_batches
-from training.model import CNNEncoder
+from training.model import CNNEncoder, WithPositions
 from training.publish import publish
 from training.stages import (
     Dist,
@@ -36,11 +37,13 @@ from training.stages import (
     stage_corpus,
     stage_pairs,
     stage_teacher,
+    stage_token_targets,
     stage_tokens,
     teacher_plan,
 )
 from training.student import run_eval
 from training.teacher import token_vectors
+from training.token_targets import gather, row_offsets
 from training.vocab import teacher_vocab
 
 # ---------------------------------------------------------------- model
@@ -92,6 +95,18 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 @dataclass(frozen=True)
+class PositionTargets:
+    """The teacher's hidden state at every position of a tokenised corpus (training/token_targets.py)."""
+
+    store: np.ndarray  # float16 [positions, 384], memory-mapped
+    offsets: np.ndarray  # row of each text's [CLS], len = n_texts + 1
+
+    @classmethod
+    def of(cls, store: np.ndarray, corpus: TokenizedCorpus) -> PositionTargets:
+        return cls(store, row_offsets(corpus))
+
+
+@dataclass(frozen=True)
 class TrainData:
     """What the loop draws batches from: train texts and their minimal-pair edits, with targets."""
 
@@ -100,6 +115,18 @@ class TrainData:
     edits: TokenizedCorpus | None
     edit_targets: np.ndarray
     edit_index: EditIndex | None
+    positions: PositionTargets | None = None  # per-token targets of `corpus`, when w_token > 0
+    edit_positions: PositionTargets | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    ids: np.ndarray
+    mask: np.ndarray
+    teacher: torch.Tensor
+    pairs: tuple[torch.Tensor, torch.Tensor]
+    # Per-token targets [B, T, 384] and where they hold [B, T] (rows whose tokens line up), or None.
+    positions: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: Dist) -> CNNEncoder:
@@ -115,7 +142,7 @@ def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: 
     start = restore(ckpt_path, model, opt)
     if start >= t.steps:
         return model
-    net: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    net = _training_net(model, t, data, d)
     vocab = teacher_vocab()
     aug = AugmentConfig(
         t.p_augment,
@@ -135,16 +162,15 @@ def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: 
         if step >= t.steps:
             break
         rng = np.random.default_rng([t.seed, step, d.rank])
-        ids, mask, teacher, pairs = _batch(job, data, collate, idx, rng)
+        batch = _batch(job, data, collate, idx, rng)
         for g, base in zip(opt.param_groups, (t.embed_lr, t.lr, t.lr), strict=True):
             g["lr"] = base * lr_factor(step, t.warmup_steps, t.steps)
-        student = net(torch.from_numpy(ids), torch.from_numpy(mask))
-        loss, parts = distill_loss(student, teacher, pairs, t)
+        loss, parts = _step_loss(net, batch, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        seen += len(ids) * d.world
+        seen += len(batch.ids) * d.world
         bar.update(1)
         if d.main and (step + 1) % t.log_every == 0:
             rate = seen / (time.perf_counter() - t0)
@@ -164,6 +190,31 @@ def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: 
     return model
 
 
+def _training_net(model: CNNEncoder, t: TrainConfig, data: TrainData, d: Dist) -> torch.nn.Module:
+    """The module the loop calls: the encoder, or its per-position view when w_token > 0; DDP-wrapped
+    under torchrun."""
+    net: torch.nn.Module = model
+    if t.w_token > 0:
+        if data.positions is None:
+            raise ValueError("train.w_token > 0 needs the per-token teacher targets (TrainData.positions)")
+        net = WithPositions(model)
+    if d.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    return net
+
+
+def _step_loss(
+    net: torch.nn.Module, batch: Batch, t: TrainConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    out = net(torch.from_numpy(batch.ids), torch.from_numpy(batch.mask))
+    student, per_position = out if t.w_token > 0 else (out, None)
+    loss, parts = distill_loss(student, batch.teacher, batch.pairs, t)
+    if per_position is not None and batch.positions is not None:
+        parts["token"] = losses.token_states(per_position, *batch.positions)
+        loss = loss + t.w_token * parts["token"]
+    return loss, parts
+
+
 def _rows(targets: np.ndarray, idx: np.ndarray) -> torch.Tensor:
     """Rows `idx` of a (memory-mapped) float16 array, read in sorted order, as float32 in idx order."""
     return torch.from_numpy(np.asarray(targets[np.sort(idx)], np.float32))[np.argsort(np.argsort(idx))]
@@ -171,12 +222,13 @@ def _rows(targets: np.ndarray, idx: np.ndarray) -> torch.Tensor:
 
 def _batch(
     job: JobConfig, data: TrainData, collate: Collator, idx: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+) -> Batch:
     """One step's inputs: the texts `idx` (augmented) then the edits of some of them (never augmented:
     an edit's words are its meaning), the teacher rows of both, and (parent row, edit row) pairs."""
     seqs = collate.seqs(data.corpus, idx, rng)
     teacher = _rows(data.targets, idx)
     parent_rows = edit_rows = torch.zeros(0, dtype=torch.long)
+    eidx = np.zeros(0, np.int64)
     if data.edit_index is not None and data.edits is not None:
         eidx, parent_pos = data.edit_index.for_batch(idx, job.pairs.per_batch, rng)
         if len(eidx):
@@ -185,7 +237,21 @@ def _batch(
             parent_rows = torch.from_numpy(parent_pos)
             edit_rows = torch.arange(len(idx), len(idx) + len(eidx))
     ids, mask = collate.pad(seqs)
-    return ids, mask, teacher, (parent_rows, edit_rows)
+    batch = Batch(ids, mask, teacher, (parent_rows, edit_rows))
+    if data.positions is None or job.train.w_token <= 0:
+        return batch
+    width = ids.shape[1]
+    target, valid = gather(data.positions.store, data.positions.offsets, idx, width)
+    # Cropping and deletions move the tokens; masking keeps them in place (its targets say what was there).
+    aligned = torch.tensor([len(seqs[k]) == len(data.corpus.get(int(i))) for k, i in enumerate(idx)])
+    valid &= aligned[:, None]
+    if len(eidx) and data.edit_positions is not None:
+        et, ev = gather(data.edit_positions.store, data.edit_positions.offsets, eidx, width)
+        target, valid = torch.cat([target, et]), torch.cat([valid, ev])
+    elif len(eidx):  # edits without per-token targets: the pooled terms only
+        target = torch.cat([target, torch.zeros(len(eidx), *target.shape[1:])])
+        valid = torch.cat([valid, torch.zeros(len(eidx), width, dtype=torch.bool)])
+    return dataclasses.replace(batch, positions=(target, valid))
 
 
 def distill_loss(
@@ -290,10 +356,26 @@ def _train_data(
     job: JobConfig, texts: list[str], edits: Edits, targets: dict[str, np.ndarray], d: Dist
 ) -> TrainData:
     corpus = stage_tokens(job, texts, d)
+    positions = None
+    if job.train.w_token > 0:
+        positions = PositionTargets.of(stage_token_targets(job, corpus, d), corpus)
     if not len(edits):
-        return TrainData(corpus, targets["train"], None, np.zeros((0, 1), np.float16), None)
+        return TrainData(corpus, targets["train"], None, np.zeros((0, 1), np.float16), None, positions)
     edit_corpus = stage_tokens(job, edits.texts, d, tag="edits")
-    return TrainData(corpus, targets["train"], edit_corpus, targets["edits"], EditIndex.build(edits.parents))
+    edit_positions = None
+    if job.train.w_token > 0:
+        edit_positions = PositionTargets.of(
+            stage_token_targets(job, edit_corpus, d, tag="edits"), edit_corpus
+        )
+    return TrainData(
+        corpus,
+        targets["train"],
+        edit_corpus,
+        targets["edits"],
+        EditIndex.build(edits.parents),
+        positions,
+        edit_positions,
+    )
 
 
 if __name__ == "__main__":

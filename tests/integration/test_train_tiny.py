@@ -114,3 +114,15 @@ def test_ddp_two_processes_train(tmp_path: Path) -> None:
     ckpt = torch.load(tmp_path / "runs" / "tiny" / "last.pt", weights_only=False)
     assert ckpt["step"] == 20
     assert ckpt["config"]["model"]["channels"] == 32
+
+
+def test_per_token_distillation_trains_on_the_teachers_position_states(tiny_run: tuple[Path, Path]) -> None:
+    work, _ = tiny_run  # its corpus, pairs and pooled targets are cached: only the position states are new
+    args = ("--work-dir", str(work), "--stop-after", "train", "--run-name", "tokens")
+    _job(*args, "--set", "train.w_token=1.0")
+    stores = sorted(p.name.split("-")[0] for p in (work / "teacher" / "tokens").glob("*.f16"))
+    assert stores == ["edits", "train"]
+    rows = [json.loads(line) for line in (work / "runs" / "tokens" / "log.jsonl").read_text().splitlines()]
+    token = [row["token"] for row in rows if "token" in row]
+    assert len(token) == 4 and all(0 < v < 10 for v in token)
+    assert token[-1] < token[0]  # the fraction of the states' variance left unexplained goes down
