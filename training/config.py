@@ -61,6 +61,9 @@ class TrainConfig:
     # Per-token distillation (training/token_targets.py): each position's projected features against
     # the teacher's hidden state there, on the rows whose tokens still line up with the clean text's.
     w_token: float = 0.0
+    # "shared": positions go through the embedding's own projection (no added parameter); "separate": a
+    # training-only linear map of their own, dropped at export, so the term shapes the trunk only.
+    token_head: str = "shared"
     # Augmentation of the student's input (teacher target stays the clean text's).
     p_augment: float = 0.5
     token_mask_rate: float = 0.1

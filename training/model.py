@@ -5,6 +5,7 @@ H=1 so every conv exports as `Conv` (BatchNorm folds into it) and ReLU follows; 
 
     ids -> Embedding(V, E) -> [B, E, 1, T] -> (1x1 stem to C if E != C)
         -> blocks: x + BN(pw(ReLU(BN(dw_dilated(x))))) then ReLU, padding zeroed after each block
+        -> (optional, off by default) self-attention layers over the real tokens
         -> masked mean of [features ; embeddings]  (the static "bag of tokens" skip)
         -> Linear(C + E -> dim)
 
@@ -40,6 +41,9 @@ class ModelConfig:
     # the text of a 1x1 score on the conv features, C MACs/token), so words like "not" can count for more
     # than their share. Both keep the embedding an exact sum of per-token contributions (Explain).
     pooling: str = "mean"
+    # Self-attention layers after the convolutions (one head over the C channels, residual, zero-initialised
+    # output): whole-text mixing per position, 4C^2 + 2TC MACs per token, about the conv stack's cost again.
+    attention_layers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +90,30 @@ class GlobalContext(nn.Module):
         return torch.relu(x + self.proj(mean)) * mask
 
 
+class SelfAttention(nn.Module):
+    """x + W_o · softmax(QK^T / sqrt(C)) V over the text's real tokens, then the padding mask.
+
+    1x1 convs on [B, C, 1, T] so the graph stays in the layout the convolutions use; W_o starts at zero,
+    so the layer starts as the identity and training begins from the CNN it follows."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        if self.out.bias is not None:
+            nn.init.zeros_(self.out.bias)
+        self.scale = channels**-0.5
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).squeeze(2).chunk(3, dim=1)  # [B, C, T] each
+        scores = torch.bmm(q.transpose(1, 2), k) * self.scale  # [B, T, T]
+        keys = mask.squeeze(1)  # [B, 1, T]: padding keys get -1e4, never a whole row (a text has >= 1 token)
+        weights = torch.softmax(scores + (keys - 1.0) * 1e4, dim=2)
+        mixed = torch.bmm(v, weights.transpose(1, 2)).unsqueeze(2)  # [B, C, 1, T]
+        return (x + self.out(mixed)) * mask
+
+
 class CNNEncoder(nn.Module):
     """Inputs `input_ids`, `attention_mask` int64 [B, T]; output pooled embeddings float32 [B, out_dim]."""
 
@@ -103,6 +131,7 @@ class CNNEncoder(nn.Module):
         if bad:
             raise ValueError(f"global_context block indices {bad} out of range 0..{len(cfg.dilations) - 1}")
         self.contexts = nn.ModuleDict({str(i): GlobalContext(cfg.channels) for i in cfg.global_context})
+        self.attention = nn.ModuleList(SelfAttention(cfg.channels) for _ in range(cfg.attention_layers))
         pooled = cfg.channels + (cfg.embed_dim if cfg.static_skip else 0)
         self.proj = nn.Linear(pooled, cfg.out_dim)
         if cfg.pooling not in ("mean", "attention"):
@@ -127,6 +156,8 @@ class CNNEncoder(nn.Module):
             x = block(x, mask)
             if str(i) in self.contexts:
                 x = self.contexts[str(i)](x, mask, count)
+        for layer in self.attention:
+            x = layer(x, mask)
         return x, e
 
     def pool_weights(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -152,11 +183,15 @@ class CNNEncoder(nn.Module):
         x, e = self._trunk(input_ids, attention_mask)
         return self._pool(x, e, attention_mask)
 
+    def position_features(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Each position's pooled-space features, unweighted, [B, T, C(+E)]."""
+        feats = torch.cat([x, e], dim=1) if self.cfg.static_skip else x
+        return feats.squeeze(2).transpose(1, 2)
+
     def position_outputs(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """The projection of each position's features alone, [B, T, out_dim]: what the embedding would be
         if the text were that one position. With mean pooling the embedding is their masked mean."""
-        feats = torch.cat([x, e], dim=1) if self.cfg.static_skip else x
-        return self.proj(feats.squeeze(2).transpose(1, 2))  # type: ignore[no-any-return]
+        return self.proj(self.position_features(x, e))  # type: ignore[no-any-return]
 
     def _pool(self, x: torch.Tensor, e: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.score is None:
@@ -175,17 +210,23 @@ class CNNEncoder(nn.Module):
 
 class WithPositions(nn.Module):
     """Training view of an encoder: (embeddings [B, out_dim], position outputs [B, T, out_dim]) from one
-    pass, for the per-token distillation term. A module of its own so DDP can wrap it."""
+    pass, for the per-token distillation term. A module of its own so DDP can wrap it. With
+    `separate_head`, positions go through a linear map of their own (training only, not exported)."""
 
-    def __init__(self, encoder: CNNEncoder) -> None:
+    def __init__(self, encoder: CNNEncoder, separate_head: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
+        width = encoder.proj.in_features
+        self.head = nn.Linear(width, encoder.cfg.out_dim) if separate_head else None
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x, e = self.encoder._trunk(input_ids, attention_mask)
-        return self.encoder._pool(x, e, attention_mask), self.encoder.position_outputs(x, e)
+        pooled = self.encoder._pool(x, e, attention_mask)
+        if self.head is None:
+            return pooled, self.encoder.position_outputs(x, e)
+        return pooled, self.head(self.encoder.position_features(x, e))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -197,8 +238,10 @@ def macs_per_token(cfg: ModelConfig) -> int:
     stem = 0 if cfg.embed_dim == cfg.channels else cfg.embed_dim * cfg.channels
     block = cfg.channels * cfg.kernel_size + cfg.channels * cfg.channels
     score = cfg.channels if cfg.pooling == "attention" else 0
+    # Self-attention at 32 tokens (the item texts' typical length): 4C^2 projections + 2TC for QK^T and AV.
+    attention = cfg.attention_layers * (4 * cfg.channels * cfg.channels + 2 * 32 * cfg.channels)
     # Global context costs C^2 per text, not per token: not counted per token.
-    return stem + block * len(cfg.dilations) + score
+    return stem + block * len(cfg.dilations) + score + attention
 
 
 def architecture_summary(cfg: ModelConfig) -> str:
@@ -206,6 +249,8 @@ def architecture_summary(cfg: ModelConfig) -> str:
     skip = " + static bag-of-embeddings skip" if cfg.static_skip else ""
     if cfg.global_context:
         skip += f", global context after blocks {'/'.join(str(i + 1) for i in cfg.global_context)}"
+    if cfg.attention_layers:
+        skip += f", {cfg.attention_layers} self-attention layer(s) after the blocks"
     return (
         f"residual depthwise-separable 1D CNN: E={cfg.embed_dim}, {len(cfg.dilations)} blocks at "
         f"{cfg.channels} ch, k={cfg.kernel_size}, dilations {dil}, BN+ReLU, masked {cfg.pooling} pool{skip}, "

@@ -138,11 +138,13 @@ def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: 
     run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "last.pt"
-    opt = make_optimizer(model, job)
-    start = restore(ckpt_path, model, opt)
+    view = _training_view(model, t, data)
+    head = view.head if isinstance(view, WithPositions) else None
+    opt = make_optimizer(view, job)
+    start = restore(ckpt_path, model, opt, head)
     if start >= t.steps:
         return model
-    net = _training_net(model, t, data, d)
+    net = torch.nn.parallel.DistributedDataParallel(view) if d.world > 1 else view
     vocab = teacher_vocab()
     aug = AugmentConfig(
         t.p_augment,
@@ -183,24 +185,22 @@ def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: 
             log.flush()
             bar.write(f"step {step + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if d.main and ((step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps):
-            save_checkpoint(ckpt_path, model, opt, step + 1, job)
+            save_checkpoint(ckpt_path, model, opt, step + 1, job, head=head)
     bar.close()
     log.close()
     d.barrier()
     return model
 
 
-def _training_net(model: CNNEncoder, t: TrainConfig, data: TrainData, d: Dist) -> torch.nn.Module:
-    """The module the loop calls: the encoder, or its per-position view when w_token > 0; DDP-wrapped
-    under torchrun."""
-    net: torch.nn.Module = model
-    if t.w_token > 0:
-        if data.positions is None:
-            raise ValueError("train.w_token > 0 needs the per-token teacher targets (TrainData.positions)")
-        net = WithPositions(model)
-    if d.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net)
-    return net
+def _training_view(model: CNNEncoder, t: TrainConfig, data: TrainData) -> torch.nn.Module:
+    """The module the loop trains: the encoder, or its per-position view when w_token > 0."""
+    if t.w_token <= 0:
+        return model
+    if data.positions is None:
+        raise ValueError("train.w_token > 0 needs the per-token teacher targets (TrainData.positions)")
+    if t.token_head not in ("shared", "separate"):
+        raise ValueError(f"train.token_head must be shared or separate, got {t.token_head!r}")
+    return WithPositions(model, separate_head=t.token_head == "separate")
 
 
 def _step_loss(
@@ -274,25 +274,41 @@ def distill_loss(
     return loss, parts
 
 
-def restore(path: Path, model: CNNEncoder, opt: torch.optim.Optimizer) -> int:
+def restore(
+    path: Path, model: CNNEncoder, opt: torch.optim.Optimizer, head: torch.nn.Module | None = None
+) -> int:
     """Load the last checkpoint if there is one; return the step to resume from."""
     if not path.exists():
         return 0
     ckpt = torch.load(path, weights_only=False)
     model.load_state_dict(ckpt["model"])
+    if head is not None:
+        head.load_state_dict(ckpt["token_head"])
     opt.load_state_dict(ckpt["optimizer"])
     return int(ckpt["step"])
 
 
 def save_checkpoint(
-    path: Path, model: CNNEncoder, opt: torch.optim.Optimizer, step: int, job: JobConfig
+    path: Path,
+    model: CNNEncoder,
+    opt: torch.optim.Optimizer,
+    step: int,
+    job: JobConfig,
+    *,
+    head: torch.nn.Module | None = None,
 ) -> None:
-    """Atomic write; the checkpoint carries the config so the model can be rebuilt from the file alone."""
+    """Atomic write; the checkpoint carries the config so the model can be rebuilt from the file alone
+    (and a separate per-token head, which training needs to resume but the model does not)."""
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": job.to_dict()},
-        tmp,
-    )
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "config": job.to_dict(),
+    }
+    if head is not None:
+        state["token_head"] = head.state_dict()
+    torch.save(state, tmp)
     tmp.replace(path)
 
 

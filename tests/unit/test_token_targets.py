@@ -113,3 +113,17 @@ def test_the_training_view_gives_the_exported_embedding_and_mean_pooling_is_the_
         if pooling == "mean":
             m = mask[..., None].float()
             torch.testing.assert_close(pooled, (positions * m).sum(1) / m.sum(1), rtol=1e-4, atol=1e-5)
+
+
+def test_a_separate_head_trains_the_trunk_but_stays_out_of_the_model() -> None:
+    torch.manual_seed(0)
+    model = CNNEncoder(ModelConfig(vocab_size=50, embed_dim=16, channels=16, out_dim=12))
+    view = WithPositions(model, separate_head=True)
+    ids = torch.randint(1, 50, (2, 7))
+    mask = torch.ones_like(ids)
+    _, positions = view(ids, mask)
+    assert positions.shape == (2, 7, 12)
+    positions.sum().backward()
+    assert view.head is not None and view.head.weight.grad is not None
+    assert model.embed.weight.grad is not None and model.proj.weight.grad is None  # not through proj
+    assert not any(k.startswith("head") for k in model.state_dict())
