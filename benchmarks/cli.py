@@ -100,7 +100,19 @@ def _add_baselines(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _run_mixed_attack(args: argparse.Namespace) -> int:
     from benchmarks.mixed_attack import main as mixed_attack  # lazy: keeps `--help` fast
 
-    return mixed_attack(args.bundle, args.seconds, args.out, args.baseline_seconds)
+    return mixed_attack(args.bundle, args.seconds, args.out, args.baseline_seconds, args.attackers)
+
+
+def _attacker_names(text: str) -> list[str]:
+    """`--attackers watch,long` -> ["watch", "long"]; argparse prints the error on one line."""
+    from benchmarks.mixed_attack import check_attackers
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        check_attackers(names)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return names
 
 
 def _add_mixed_attack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,6 +122,12 @@ def _add_mixed_attack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"bundle directory (default {DEFAULT_BUNDLE})")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the attack (default 60)")
     p.add_argument("--baseline-seconds", type=float, default=10.0, help="unloaded phase (default 10)")
+    p.add_argument(
+        "--attackers",
+        type=_attacker_names,
+        default=["watch", "long"],
+        help="attacker processes, comma-separated: watch, long (default both; one alone shows its cost)",
+    )
     p.add_argument("--out", help="also write the JSON report here")
     p.set_defaults(run=_run_mixed_attack)
 

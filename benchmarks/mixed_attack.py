@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,11 +218,21 @@ async def _defended(address: str, seconds: float) -> dict[str, Tally]:
     return tallies
 
 
-def attack_phase(address: str, seconds: float) -> dict[str, Tally]:
+ATTACKERS: dict[str, Callable[[str, float, Any], None]] = {"watch": _watch_flood, "long": _long_flood}
+
+
+def check_attackers(names: Sequence[str]) -> None:
+    unknown = sorted(set(names) - set(ATTACKERS))
+    if unknown or not names:
+        raise ValueError(f"attackers {unknown or 'none'}: choose from {', '.join(ATTACKERS)}")
+
+
+def attack_phase(address: str, seconds: float, names: Sequence[str] = tuple(ATTACKERS)) -> dict[str, Tally]:
     """The attackers run in processes of their own, so their CPU is not this process's event loop."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    attackers = [context.Process(target=f, args=(address, seconds, out)) for f in (_watch_flood, _long_flood)]
+    flood = [ATTACKERS[name] for name in names]
+    attackers = [context.Process(target=f, args=(address, seconds, out)) for f in flood]
     for attacker in attackers:
         attacker.start()
     tallies = asyncio.run(_defended(address, seconds))
@@ -233,19 +244,22 @@ def attack_phase(address: str, seconds: float) -> dict[str, Tally]:
     return tallies
 
 
-def run(bundle: str, seconds: float, baseline_s: float = 10.0) -> dict[str, Any]:
+def run(
+    bundle: str, seconds: float, baseline_s: float = 10.0, attackers: Sequence[str] = tuple(ATTACKERS)
+) -> dict[str, Any]:
+    check_attackers(attackers)
     server = start_server(bundle)
     address = server.address
     try:
         unloaded = asyncio.run(normal_phase(address, baseline_s))
         before = (server.rss_mib(), server.cache_mib())
-        attack = attack_phase(address, seconds)
+        attack = attack_phase(address, seconds, attackers)
         asyncio.run(normal_phase(address, 2.0))  # settle: what the attack left behind is released
         after = (server.rss_mib(), server.cache_mib())
     finally:
         server.proc.terminate()
         server.proc.wait(30)
-    return report(unloaded, attack, before, after, seconds)
+    return {**report(unloaded, attack, before, after, seconds), "attackers": list(attackers)}
 
 
 def report(
@@ -289,8 +303,14 @@ def _verdict(value: float, wanted: str, holds: bool) -> dict[str, Any]:
     return {"value": value, "wanted": wanted, "holds": holds}
 
 
-def main(bundle: str, seconds: float, out: str | None, baseline_s: float = 10.0) -> int:
-    result = run(bundle, seconds, baseline_s)
+def main(
+    bundle: str,
+    seconds: float,
+    out: str | None,
+    baseline_s: float = 10.0,
+    attackers: Sequence[str] = tuple(ATTACKERS),
+) -> int:
+    result = run(bundle, seconds, baseline_s, attackers)
     text = json.dumps(result, indent=2)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
