@@ -70,23 +70,21 @@ def build(
     done = json.loads(progress.read_text())["texts"] if progress.exists() and partial.exists() else 0
     path.parent.mkdir(parents=True, exist_ok=True)
     store = np.memmap(partial, dtype=np.float16, mode="r+" if done else "w+", shape=shape)
-    fn = hidden() if done < len(corpus) else None
-    cls_id, sep_id, pad_id = special
-    with tqdm(total=len(corpus), initial=done, desc="teacher tokens", unit="text") as bar:
-        for start in range(done, len(corpus), chunk):
-            span = np.arange(start, min(start + chunk, len(corpus)))
-            idx = span[np.argsort(corpus.lengths()[span], kind="stable")]
-            for b in range(0, len(idx), batch_size):
-                rows = idx[b : b + batch_size]
-                ids, mask = pad_batch([corpus.get(int(i)) for i in rows], cls_id, sep_id, pad_id)
-                assert fn is not None
-                states = fn(ids, mask)
-                for k, i in enumerate(rows):
-                    lo, hi = offsets[i], offsets[i + 1]
-                    store[lo:hi] = states[k, : hi - lo]
-                bar.update(len(rows))
-            store.flush()
-            progress.write_text(json.dumps({"texts": int(span[-1]) + 1}))
+    if done < len(corpus):  # else an earlier run finished the last chunk but not the rename
+        fn = hidden()
+        with tqdm(total=len(corpus), initial=done, desc="teacher tokens", unit="text") as bar:
+            for start in range(done, len(corpus), chunk):
+                span = np.arange(start, min(start + chunk, len(corpus)))
+                idx = span[np.argsort(corpus.lengths()[span], kind="stable")]
+                for b in range(0, len(idx), batch_size):
+                    rows = idx[b : b + batch_size]
+                    states = fn(*pad_batch([corpus.get(int(i)) for i in rows], *special))
+                    for k, i in enumerate(rows):
+                        lo, hi = offsets[i], offsets[i + 1]
+                        store[lo:hi] = states[k, : hi - lo]
+                    bar.update(len(rows))
+                store.flush()
+                progress.write_text(json.dumps({"texts": int(span[-1]) + 1}))
     del store
     partial.replace(path)
     progress.unlink(missing_ok=True)

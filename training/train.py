@@ -238,19 +238,17 @@ def _batch(
             edit_rows = torch.arange(len(idx), len(idx) + len(eidx))
     ids, mask = collate.pad(seqs)
     batch = Batch(ids, mask, teacher, (parent_rows, edit_rows))
-    if data.positions is None or job.train.w_token <= 0:
+    if data.positions is None:  # built only when train.w_token > 0
         return batch
     width = ids.shape[1]
     target, valid = gather(data.positions.store, data.positions.offsets, idx, width)
     # Cropping and deletions move the tokens; masking keeps them in place (its targets say what was there).
     aligned = torch.tensor([len(seqs[k]) == len(data.corpus.get(int(i))) for k, i in enumerate(idx)])
     valid &= aligned[:, None]
-    if len(eidx) and data.edit_positions is not None:
+    if len(eidx):
+        assert data.edit_positions is not None  # _train_data builds them whenever it builds `positions`
         et, ev = gather(data.edit_positions.store, data.edit_positions.offsets, eidx, width)
         target, valid = torch.cat([target, et]), torch.cat([valid, ev])
-    elif len(eidx):  # edits without per-token targets: the pooled terms only
-        target = torch.cat([target, torch.zeros(len(eidx), *target.shape[1:])])
-        valid = torch.cat([valid, torch.zeros(len(eidx), width, dtype=torch.bool)])
     return dataclasses.replace(batch, positions=(target, valid))
 
 
