@@ -9,7 +9,8 @@ core). Phases:
 2. attack, `--seconds` long: the same callers, plus WATCHERS anonymous Watch streams held open (and
    reopened when refused), plus LONG_CALLERS keyed callers sending 512 texts of 20,000 characters with
    0.5 s deadlines, plus a health Check every 100 ms;
-3. after: the server's RSS once the attack stopped, against its RSS before, both net of the embedding
+3. after: the server's RSS once the attack's work is done (the server idle, at most 15 s after the
+   attackers stopped; then 2 s of normal calls), against its RSS before, both net of the embedding
    cache's charged size (bounded by `embedding_cache_mb`, kept by design).
 Targets: normal p99 under attack <= 3x unloaded; RSS after <= 1.2x before; every health Check answered
 SERVING. Reported, with a verdict each; the exit code is 0 either way (the machine may be shared).
@@ -39,6 +40,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.loadgen import wait_idle
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -254,6 +256,9 @@ def run(
         unloaded = asyncio.run(normal_phase(address, baseline_s))
         before = (server.rss_mib(), server.cache_mib())
         attack = attack_phase(address, seconds, attackers)
+        # "After the attack" is once the server has finished the work the attackers left (requests still
+        # being refused or dropped): measured right away, a slower CPU was still holding their buffers.
+        wait_idle(server.proc.pid)
         asyncio.run(normal_phase(address, 2.0))  # settle: what the attack left behind is released
         after = (server.rss_mib(), server.cache_mib())
     finally:

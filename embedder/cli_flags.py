@@ -29,8 +29,8 @@ CONFIG_HELP: dict[str, str] = {
     "workers": "Inference workers, each with its own ONNX session (0 = one per CPU core).",
     "intra_op_threads": "Threads inside each ONNX session (1 is fastest for small CNNs).",
     "tokenizer_threads": "Threads that tokenize requests off the event loop (0 = as many as workers).",
-    "inline_tokenize_max_chars": "Requests of at most this many characters are tokenized on the event "
-    "loop (0 = never).",
+    "inline_tokenize_max_chars": "Interactive requests of at most this many characters are tokenized "
+    "on the event loop (0 = never).",
     "inline_infer_max_tokens": "A lone batch of at most this many padded tokens runs on the event loop "
     "(0 = never).",
     "max_batch_items": "Most texts in one model call.",

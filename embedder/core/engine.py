@@ -182,7 +182,7 @@ class EmbeddingEngine:
         _check_deadline(deadline, "before its texts were tokenized")
         cost = self.tokenizer.cost_chars(texts)
         with self.scheduler.reserve(len(texts), cost) as reservation:
-            if self.inline.tokenize_inline(texts):
+            if reservation.lane != BULK and self.inline.tokenize_inline(texts):
                 encoded = self._encode_inline(texts, truncate)
             else:
                 pool = self._bulk_tokenize_pool if reservation.lane == BULK else self._tokenize_pool

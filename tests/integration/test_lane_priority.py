@@ -99,3 +99,39 @@ def test_bulk_work_runs_at_a_lower_priority_and_interactive_work_at_the_servers(
     assert tok_b and all(nice == low and "bulk" in name for name, nice in tok_b), tok_b
     assert ran_b and all(nice == low and "bulk" in name for name, nice in ran_b), ran_b
     assert engine.sessions.sessions == 2  # one worker + the interactive lane's spare
+
+
+def test_a_request_of_item_texts_is_tokenized_on_the_loop_but_a_bulk_one_never_is(
+    bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline rule (core/inline.py) covers a whole request of item texts by default; a bulk request
+    goes to the bulk lane's low-priority threads even when the inline knob is set above its size."""
+    where: list[str] = []
+    config = make_config(workers=1, bulk_min_chars=2000, inline_tokenize_max_chars=100_000)
+    engine = EmbeddingEngine(bundle, config)
+    encode = engine.tokenizer.encode
+
+    def recorded(*args: Any, **kwargs: Any) -> Encoded:
+        where.append(threading.current_thread().name)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(engine.tokenizer, "encode", recorded)
+    items = [f"catalogue item {i}: a quiet family drama about a lighthouse keeper" for i in range(24)]
+    bulk = [f"long catalogue entry {i} " * 20 for i in range(8)]  # ~3,500 characters: bulk here
+    seen: list[list[str]] = []
+
+    async def body() -> None:
+        engine.start()
+        try:
+            for texts in (items, bulk):
+                where.clear()
+                await engine.embed(texts, EmbedOptions())
+                seen.append(where[:])
+        finally:
+            await engine.close()
+
+    asyncio.run(body())
+    assert sum(map(len, items)) < 2000 < sum(map(len, bulk)) < 100_000
+    assert seen[0] == ["MainThread"], seen[0]  # the event loop's own thread
+    assert seen[1] and all("bulk" in name for name in seen[1]), seen[1]
+    assert make_config().inline_tokenize_max_chars >= sum(map(len, items))  # the default covers it
