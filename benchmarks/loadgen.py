@@ -70,6 +70,9 @@ class LoadResult:
     cpu_ms_per_item: float | None = None
     # CPU ms per item of this (the load-generating) process, when `cpu_pid` is another process.
     client_cpu_ms_per_item: float | None = None
+    # Median of the server's own time per call (our responses' `timing.total_us`: from the handler's
+    # start to its answer), when the server reports it; the rest of `p50_ms` is spent in gRPC.
+    server_p50_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,13 +251,19 @@ async def _closed_loop(
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
         messages = [pb.EmbedRequest(texts=texts, model=model) for texts in requests]
+        server_us: list[int] = []
 
         async def call(k: int) -> int:
             resp = await stub.Embed(messages[k % len(messages)], timeout=60)
             np.frombuffer(resp.embeddings, dtype="<f4")  # what a real caller does with the bytes
+            if resp.timing.total_us:
+                server_us.append(resp.timing.total_us)
             return int(resp.count)
 
-        return await run_closed(call, concurrency, window, cpu_pid=cpu_pid)
+        result = await run_closed(call, concurrency, window, cpu_pid=cpu_pid)
+        if server_us:
+            result = replace(result, server_p50_ms=round(float(np.median(server_us)) / 1000.0, 3))
+        return result
 
 
 def closed_loop(

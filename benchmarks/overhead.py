@@ -8,7 +8,10 @@
 plus the tokenizer alone on the same texts (the server's `TextTokenizer`, as many threads as its pool).
 
 (c) / (a) is what the runtime around the model costs; (a) / (b) is what the server's batch shapes
-cost; server CPU per item / (tokenizer + (b)) CPU per item is the issue's "within 2x" figure. One run,
+cost; server CPU per item / (tokenizer + (b)) CPU per item is the issue's "within 2x" figure.
+(d) the same server with a null model (zeros, no arithmetic) under the same callers: the runtime alone.
+For (c) and (d) the callers' p50 is set beside the server's own (the responses' timing): the difference
+is time spent in gRPC, before the handler starts or after it answers. One run,
 one machine: absolute figures swing 2-4x between machines (the CPU flags are in the output).
 """
 
@@ -138,6 +141,8 @@ def run_overhead(
             window = Window(seconds, warmup_s=1.0, min_requests=20, max_seconds=4 * seconds)
             served = closed_loop(server.address, requests, callers, window, cpu_pid=server.proc.pid)
         batches = list(read_batch_log(log_path, bundle.manifest.sha256))
+    with server_process(bundle_dir, null_model_dim=bundle.manifest.dim, **(server_flags or {})) as server:
+        runtime = closed_loop(server.address, requests, callers, window, cpu_pid=server.proc.pid)
     if not batches:
         raise RuntimeError("the server logged no batch")
     workers = ServerConfig().resolved_workers()
@@ -163,11 +168,16 @@ def run_overhead(
             "batch": ideal_batch,
         },
         "tokenizer": tokens.to_dict(),
+        "d_runtime_null_model": {
+            key: runtime.to_dict()[key]
+            for key in ("items_per_s", "cpu_ms_per_item", "p50_ms", "server_p50_ms", "errors")
+        },
         "ratios": {
             "c_over_a": _ratio(measured["items_per_s"], logged.items_per_s),
             "c_over_b": _ratio(measured["items_per_s"], best.items_per_s),
             "a_over_b": _ratio(logged.items_per_s, best.items_per_s),
             "server_cpu_over_tokenizer_plus_b_cpu": _ratio(measured["cpu_ms_per_item"], pipeline_cpu),
+            "runtime_cpu_over_server_cpu": _ratio(runtime.cpu_ms_per_item, measured["cpu_ms_per_item"]),
         },
     }
 
@@ -200,6 +210,12 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         ("tokenizer alone", report["tokenizer"]["items_per_s"], report["tokenizer"]["cpu_ms_per_item"], None),
     ]
+    d = report.get("d_runtime_null_model")  # absent from reports written before it existed
+    if d is not None:
+        rows.insert(
+            1,
+            ("(d) server with a null model: the runtime alone", d["items_per_s"], d["cpu_ms_per_item"], None),
+        )
     lines = [
         f"Inputs: set `{report['inputs']['set']}`, {report['inputs']['count']} texts; "
         f"{report['callers']} callers; server flags {report.get('server_flags') or 'none'}; "
@@ -213,6 +229,14 @@ def markdown(report: dict[str, Any]) -> str:
         cpu_text = "n/a" if cpu is None else f"{cpu:.4f}"
         lines.append(f"| {name} | {rate:,.0f} | {cpu_text} | {'' if eff is None else f'{eff:.3f}'} |")
     lines.append("")
+    waits = [(name, part) for name, part in (("(c)", c), ("(d)", d)) if part and part.get("server_p50_ms")]
+    if waits:
+        lines.append(
+            "- callers' p50 vs the server's own p50 (the rest is in gRPC): "
+            + "; ".join(
+                f"{name} {part['p50_ms']:.1f} vs {part['server_p50_ms']:.1f} ms" for name, part in waits
+            )
+        )
     for key, value in report["ratios"].items():
         lines.append(f"- {key}: {'n/a' if value is None else f'{value:.3f}'}")
     return "\n".join(lines)

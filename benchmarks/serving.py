@@ -101,17 +101,34 @@ _SERVE = (
     "runpy.run_module('embedder.cli', run_name='__main__', alter_sys=True)\n"
 )
 
+# The same server with a null model (`null_model_dim`): every inference session answers zeros of the
+# right shape without arithmetic, so what the server costs is the runtime alone (gRPC, Python, tokenizer,
+# batching). Explain keeps its real session (it needs per-token outputs; no benchmark calls it).
+_NULL_SESSIONS = (
+    "import numpy as np\n"
+    "import embedder.core.session as session\n"
+    "import embedder.explain.explainer\n"  # keeps the real sessions: imported before the swap below
+    "class NullSession:\n"
+    "    def run(self, names, feed):\n"
+    "        return [np.zeros((feed['input_ids'].shape[0], {dim}), np.float32)]\n"
+    "session.make_session = lambda path, threads: NullSession()\n"
+)
+
 
 @contextmanager
-def server_process(bundle: Path | Sequence[Path], **flags: Any) -> Iterator[ServerProcess]:
+def server_process(
+    bundle: Path | Sequence[Path], *, null_model_dim: int | None = None, **flags: Any
+) -> Iterator[ServerProcess]:
     """`streamrec-embedder serve` in a subprocess on a free port; timed from spawn to health SERVING.
 
     Several bundles: one server with every one of them loaded (`--bundle` repeated). The embedding cache
     is off unless `flags` sets it: benchmarks send the same texts round after round, and measure the
-    runtime and the model, not the cache (`streamrec-bench cache` measures that)."""
+    runtime and the model, not the cache (`streamrec-bench cache` measures that). `null_model_dim`: the
+    sessions are null ones answering zeros of that width (the runtime alone, `streamrec-bench overhead`)."""
     flags = {"embedding_cache_mb": 0, **flags}
     port = _free_port()
-    cmd = [sys.executable, "-c", _SERVE, "serve", "--host", "127.0.0.1"]
+    code = _SERVE if null_model_dim is None else _NULL_SESSIONS.format(dim=null_model_dim) + _SERVE
+    cmd = [sys.executable, "-c", code, "serve", "--host", "127.0.0.1"]
     for path in [bundle] if isinstance(bundle, Path) else bundle:
         cmd += ["--bundle", str(path)]
     cmd += ["--port", str(port), "--metrics-port", "-1", "--log-level", "WARNING"]

@@ -3,12 +3,13 @@
 For one short text the hop to a worker thread and back costs more than the work (~0.25 ms to tokenize vs
 ~0.03 ms; ~0.4 ms for inference vs the CNN's ~0.06 ms), so a lone caller on an idle server is answered
 faster inline. Tokenizing stays inline up to a whole request of item texts (`tokenize_max_chars`): the
-fast path is Python that holds the GIL on a tokenizer thread too, so the hop buys no parallelism. Under load the loop must stay free for the front end, so inference runs inline only for a
-lone batch (nothing else running or queued) of at most `infer_max_tokens` padded tokens with every
-worker idle, and only for a model fast enough: `calibrate` times a batch of that size at warm-up and
-turns inline inference off if it takes more than `INLINE_BUDGET_S` (a transformer would hold the loop
-for milliseconds). A watchdog cannot cover an inline batch: if ONNX Runtime hung on one, the server
-would stop answering and its liveness probe would restart it. 0 in either knob = never inline.
+fast path is Python that holds the GIL on a tokenizer thread too, so the hop buys no parallelism. Under
+load the loop must stay free for the front end, so inference runs inline only for a lone batch (nothing
+else running or queued) of at most `infer_max_tokens` padded tokens with every worker idle, and only for
+a model fast enough: `calibrate` times a batch of that size at warm-up and turns inline inference off if
+it takes more than `INLINE_BUDGET_S` (a transformer would hold the loop for milliseconds). A watchdog
+cannot cover an inline batch: if ONNX Runtime hung on one, the server would stop answering and its
+liveness probe would restart it. 0 in either knob = never inline.
 """
 
 from __future__ import annotations

@@ -38,5 +38,10 @@ def test_overhead_run_replays_the_servers_batches(bundle: Bundle) -> None:
         assert part["cpu_ms_per_item"] > 0
     assert report["ratios"]["c_over_a"] == pytest.approx(c["items_per_s"] / a["items_per_s"])
     assert report["inputs"]["set"] == "test" and report["environment"]["cpu_model"]
+    d = report["d_runtime_null_model"]  # the same server with a null model: the runtime alone
+    assert d["errors"] == 0 and d["items_per_s"] > 0 and d["cpu_ms_per_item"] > 0
+    for part in (c, d):  # the server's own time per call, from its responses, within the caller's
+        assert part["server_p50_ms"] is not None and 0 < part["server_p50_ms"] <= part["p50_ms"]
     text = markdown(report)
     assert "(a) model on the server's batches" in text and "set `test`" in text
+    assert "(d) server with a null model" in text and "callers' p50 vs the server's own p50" in text
