@@ -71,7 +71,8 @@ class LoadResult:
     # CPU ms per item of this (the load-generating) process, when `cpu_pid` is another process.
     client_cpu_ms_per_item: float | None = None
     # Median of the server's own time per call (our responses' `timing.total_us`: from the handler's
-    # start to its answer), when the server reports it; the rest of `p50_ms` is spent in gRPC.
+    # start to its answer), when the server reports it; the rest of `p50_ms` is spent in gRPC. Taken over
+    # every call of the run, the warm-up's included (`p50_ms` is over the window only).
     server_p50_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -141,10 +141,10 @@ def run_overhead(
             window = Window(seconds, warmup_s=1.0, min_requests=20, max_seconds=4 * seconds)
             served = closed_loop(server.address, requests, callers, window, cpu_pid=server.proc.pid)
         batches = list(read_batch_log(log_path, bundle.manifest.sha256))
-    with server_process(bundle_dir, null_model_dim=bundle.manifest.dim, **(server_flags or {})) as server:
-        runtime = closed_loop(server.address, requests, callers, window, cpu_pid=server.proc.pid)
     if not batches:
         raise RuntimeError("the server logged no batch")
+    with server_process(bundle_dir, null_model_dim=bundle.manifest.dim, **(server_flags or {})) as server:
+        runtime = closed_loop(server.address, requests, callers, window, cpu_pid=server.proc.pid)
     workers = ServerConfig().resolved_workers()
     pad_id = bundle.manifest.pad_token_id
     ideal = ideal_batches(batches, ideal_batch)
@@ -154,6 +154,7 @@ def run_overhead(
     tokens = tokenize_rate(tokenizer, requests, ServerConfig().resolved_tokenizer_threads(), seconds)
     measured = served.to_dict()
     measured.pop("quantiles_ms")
+    null_model = runtime.to_dict()
     pipeline_cpu = tokens.cpu_ms_per_item + best.cpu_ms_per_item
     return {
         "environment": environment.describe(),
@@ -169,7 +170,7 @@ def run_overhead(
         },
         "tokenizer": tokens.to_dict(),
         "d_runtime_null_model": {
-            key: runtime.to_dict()[key]
+            key: null_model[key]
             for key in ("items_per_s", "cpu_ms_per_item", "p50_ms", "server_p50_ms", "errors")
         },
         "ratios": {
