@@ -57,7 +57,7 @@ class ServerConfig:
     inline_tokenize_max_chars: int = 8192
     # A lone batch (nothing else running or queued) of at most this many padded tokens runs on the
     # event loop too: the worker hop costs ~0.4 ms, the CNN on 128 padded tokens ~0.1 ms. Turned off at
-    # start if the model takes > 0.5 ms for that (core/inline.py). 0 = never.
+    # start if the model takes > 1 ms for that (core/inline.py). 0 = never.
     inline_infer_max_tokens: int = 128
     # Small CNNs gain nothing from batches past ~64 texts here; 256 falls out of cache (docs/performance.md).
     max_batch_items: int = 64

@@ -55,6 +55,11 @@ class TrainConfig:
     w_relational: float = 1.0
     # Minimal pairs: (student cos(text, edit) - teacher cos(text, edit))^2 over the batch's pairs.
     w_pair: float = 0.0
+    # Gold labels: CoSENT over STS-B *train* pairs (`sts_pairs` per step, appended to the batch, never
+    # augmented): the student's cosines must rank the pairs as the human scores do. 0 = off.
+    w_sts: float = 0.0
+    sts_pairs: int = 32
+    sts_scale: float = 20.0
     # Matryoshka: the relational term again on each prefix of the embedding (listed in the manifest).
     matryoshka_dims: list[int] = dataclasses.field(default_factory=list)
     w_matryoshka: float = 1.0

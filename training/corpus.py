@@ -135,6 +135,11 @@ def _repo_path(value: str, default: Path) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def stsb_dir(cfg: CorpusConfig) -> Path:
+    """Where STS-B lives: `[corpus].stsb_dir`, by default ../shared/data/stsb beside the repo."""
+    return _repo_path(cfg.stsb_dir, REPO_ROOT.parent / "shared" / "data" / "stsb")
+
+
 def _source(name: str, cfg: CorpusConfig) -> _Source:
     """Resolve a source's directory and input files (raises SourceMissingError if absent)."""
     lists = _repo_path(cfg.apt_lists_dir, Path("/var/lib/apt/lists"))
@@ -160,7 +165,7 @@ def _source(name: str, cfg: CorpusConfig) -> _Source:
         dictd = _repo_path(cfg.gcide_dir, Path("/usr/share/dictd"))
         return _Source(name, list(gcide.gcide_files(dictd)), lambda: gcide.read_gcide(dictd))
     if name == "stsb":
-        stsb = _repo_path(cfg.stsb_dir, REPO_ROOT.parent / "shared" / "data" / "stsb")
+        stsb = stsb_dir(cfg)
         return _Source(name, [stsb / "sts-train.csv"], lambda: readers.read_stsb(stsb))
     paths = [_repo_path(p, Path()) for p in cfg.user_files]
     return _Source(name, paths, lambda: (t for p in paths for t in readers.read_user_file(p)))

