@@ -60,8 +60,9 @@ def token_states(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tens
 def cosent(left: torch.Tensor, right: torch.Tensor, gold: torch.Tensor, scale: float) -> torch.Tensor:
     """CoSENT: log(1 + sum over pairs (i, j) with gold_i > gold_j of exp(scale * (cos_j - cos_i))).
 
-    A ranking loss on the pairs' cosines: only their order against the gold scores matters, not their
-    values, so it does not fight the distillation terms over where the cosines sit.
+    A ranking loss on the pairs' cosines: blind to a shift common to all of them, so it does not ask
+    where cosines sit, but it keeps rewarding wider gaps between pairs scored apart, and so competes
+    with the relational term's teacher cosines.
     """
     cos = F.cosine_similarity(left, right, dim=1) * scale
     diff = cos[None, :] - cos[:, None]  # [i, j] = scaled cos_j - cos_i

@@ -177,7 +177,7 @@ def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        seen += len(batch.ids) * d.world
+        seen += len(batch.teacher) * d.world  # teacher-labelled rows (texts + edits), as before gold rows
         bar.update(1)
         if d.main and (step + 1) % t.log_every == 0:
             rate = seen / (time.perf_counter() - t0)

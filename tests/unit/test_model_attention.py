@@ -48,7 +48,10 @@ def test_a_new_layer_is_the_identity_and_costs_4c2_plus_2tc_per_token() -> None:
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_padding_does_not_reach_a_text_and_the_embedding_is_its_tokens_sum(layers: int) -> None:
-    model = trained_looking(layers)
+    assert_padding_free_and_a_sum_of_tokens(trained_looking(layers))
+
+
+def assert_padding_free_and_a_sum_of_tokens(model: CNNEncoder) -> None:
     ids, mask = batch([4, 11, 7], 11)
     with torch.no_grad():
         together = model(ids, mask)
@@ -58,8 +61,9 @@ def test_padding_does_not_reach_a_text_and_the_embedding_is_its_tokens_sum(layer
         torch.testing.assert_close(summed, together, rtol=1e-5, atol=1e-5)
 
 
-def test_the_onnx_graph_computes_what_torch_does(tmp_path: Path) -> None:
-    model = trained_looking(1)
+@pytest.mark.parametrize("shape", ["attention", "sliced"])
+def test_the_onnx_graph_computes_what_torch_does(tmp_path: Path, shape: str) -> None:
+    model = trained_looking(1) if shape == "attention" else sliced_wide()
     path = export_onnx(model, tmp_path / "model.onnx")
     batches = [tuple(t.numpy().astype(np.int64) for t in batch(n, max(n))) for n in ([3, 8], [17, 40, 2])]
     assert parity(model, path, batches) < 1e-5  # type: ignore[arg-type]
@@ -78,3 +82,18 @@ def test_a_sliced_stem_feeds_the_convs_the_first_c_dims_and_costs_no_macs() -> N
         assert torch.allclose(model(ids, mask), before)
     with pytest.raises(ValueError, match="embed_dim >= channels"):
         CNNEncoder(dataclasses.replace(cfg, embed_dim=8))
+
+
+def sliced_wide() -> CNNEncoder:
+    """The probed shape: an embedding wider than the convs (sliced stem), static skip, attention pooling."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(embed_dim=24, channels=16, out_dim=12, pooling="attention", stem="slice")
+    model = CNNEncoder(cfg)
+    with torch.no_grad():
+        assert model.score is not None
+        model.score.weight.normal_(std=0.5)  # it starts at zero: the mean
+    return model.eval()
+
+
+def test_a_sliced_wide_embedding_keeps_padding_out_and_the_embedding_a_sum_of_tokens() -> None:
+    assert_padding_free_and_a_sum_of_tokens(sliced_wide())
