@@ -41,40 +41,17 @@ def _clean_tokenizer(src: Any, dest: Path) -> Path:
 
 
 def build_minilm(out_dir: Path) -> Bundle:
-    """MiniLM-L6 as ONNX: input_ids/attention_mask -> masked mean of the last hidden state."""
-    import torch
+    """MiniLM-L6 as ONNX: input_ids/attention_mask -> masked mean of the last hidden state (the export
+    the training job's teacher stage runs too: training/teacher.py)."""
     from tokenizers import Tokenizer
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(teacher_dir()), local_files_only=True).eval()
+    from training.teacher import export_onnx
 
-    class Pooled(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = model
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ids = torch.randint(1000, 2000, (2, 16))
-    with torch.no_grad():
-        torch.onnx.export(
-            Pooled().eval(),
-            (ids, torch.ones_like(ids)),
-            str(out_dir / "model.onnx"),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["embeddings"],
-            dynamic_axes={
-                "input_ids": {0: "b", 1: "s"},
-                "attention_mask": {0: "b", 1: "s"},
-                "embeddings": {0: "b"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    model_path = out_dir / "model.onnx"
+    model_path.unlink(missing_ok=True)  # a rebuild exports afresh
+    export_onnx(model_path)
+    model = AutoModel.from_pretrained(str(teacher_dir()), local_files_only=True)
     tok = _clean_tokenizer(
         Tokenizer.from_file(str(teacher_dir() / "tokenizer.json")), out_dir / "tokenizer.json"
     )

@@ -32,6 +32,7 @@ from training.target_store import TargetStore
 from training.teacher import (
     TEACHER_DIM,
     TEACHER_NAME,
+    choose_backend,
     choose_precision,
     cpu_flags,
     make_encoder,
@@ -144,23 +145,32 @@ def stage_teacher(
         todo = [(tag, missing) for tag, texts in plan if (missing := store.missing(texts))]
         if todo:
             precision = choose_precision(job.teacher.precision)
-            _log_precision(job, precision)
-            encode = make_encoder(job.train.max_tokens, job.teacher.batch_size, precision)
+            backend = choose_backend(job.teacher.backend, precision)
+            _log_precision(job, precision, backend)
+            onnx_path = Path(job.work_dir) / "teacher" / "onnx" / "model.onnx"
+            batch = job.teacher.onnx_batch_size if backend == "onnx" else job.teacher.batch_size
+            encode = make_encoder(job.train.max_tokens, batch, precision, backend, onnx_path)
             for tag, texts in todo:
-                store.ensure(texts, encode, desc=f"teacher {tag} ({precision})")
+                store.ensure(texts, encode, desc=f"teacher {tag} ({precision}, {backend})")
     d.barrier()
     store = target_store(job)
     return {tag: store.lookup(texts) for tag, texts in groups.items()}
 
 
-def _log_precision(job: JobConfig, precision: str) -> None:
+def _log_precision(job: JobConfig, precision: str, backend: str = "torch") -> None:
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
-    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "precision": precision, "cpu_flags": flags}
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "precision": precision,
+        "backend": backend,
+        "cpu_flags": flags,
+    }
     path = Path(job.work_dir) / "teacher" / "precision.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(line) + "\n")
-    print(f"teacher precision {precision} (CPU flags: {' '.join(flags) or 'none of avx2/avx512'})")
+    named = " ".join(flags) or "none of avx2/avx512"
+    print(f"teacher precision {precision} on {backend} (CPU flags: {named})")
 
 
 def stage_tokens(job: JobConfig, texts: list[str], d: Dist, tag: str = "train") -> TokenizedCorpus:
