@@ -46,11 +46,11 @@ def build_minilm(out_dir: Path) -> Bundle:
     from tokenizers import Tokenizer
     from transformers import AutoModel
 
-    from training.teacher import export_onnx
+    from training.teacher import export_teacher_onnx
 
     model_path = out_dir / "model.onnx"
     model_path.unlink(missing_ok=True)  # a rebuild exports afresh
-    export_onnx(model_path)
+    export_teacher_onnx(model_path)
     model = AutoModel.from_pretrained(str(teacher_dir()), local_files_only=True)
     tok = _clean_tokenizer(
         Tokenizer.from_file(str(teacher_dir() / "tokenizer.json")), out_dir / "tokenizer.json"

@@ -4,7 +4,7 @@
 
 Reads the first `--texts` texts of the v2 corpus (`<work-dir>/corpus/cnn5m-v2/train.jsonl`, built by
 `make data`) and prints texts/s for bf16 on torch, fp32 on torch and fp32 on onnxruntime (each at the
-batch size the config gives it), with the CPU flags. bf16 is only native with AVX512_BF16 or AMX
+batch size TeacherConfig defaults to), with the CPU flags. bf16 is only native with AVX512_BF16 or AMX
 (elsewhere it is emulated, ~14 texts/s: skip it there), and `auto` picks fp32 on onnxruntime there
 (training/teacher.py).
 """

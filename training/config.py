@@ -23,7 +23,8 @@ class TeacherConfig:
     # "auto": bf16 autocast where the CPU has native bf16 (AVX512_BF16/AMX), else fp32 (bf16 is emulated
     # on AVX2-only machines and runs 5.5x slower there).
     precision: str = "auto"
-    # "auto": onnxruntime for fp32 (1.5-1.9x torch's rate on an AVX2-only CPU), torch for bf16.
+    # "auto": onnxruntime for fp32 (~1.8-2.1x torch's rate on an AVX2-only CPU), torch for bf16;
+    # "onnx" makes an "auto" precision fp32.
     backend: str = "auto"
     # onnxruntime's best batch on short texts is small (245 texts/s at 16 vs 183 at 128, AVX2-only).
     onnx_batch_size: int = 16

@@ -193,8 +193,13 @@ def batch_independence(path: Path, batches: list[Batch]) -> float:
 
 
 def _teacher_precision(job: JobConfig) -> dict[str, Any]:
-    """The precision the teacher targets were computed at, and the CPU flags that chose it (last run)."""
+    """The precision and backend of the last run that computed pooled targets, and the CPU flags that
+    chose them (lines written before `stage` existed were all pooled-target runs). The store is
+    content-addressed, so targets may come from several runs: `runs` counts the runs logged."""
     path = Path(job.work_dir) / "teacher" / "precision.jsonl"
-    if not path.exists():
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    runs = [json.loads(line) for line in lines if line.strip()]
+    pooled = [r for r in runs if r.get("stage", "targets") == "targets"]
+    if not pooled:
         return {"precision": "unknown (targets computed by an earlier run)"}
-    return dict(json.loads(path.read_text(encoding="utf-8").splitlines()[-1]))
+    return {**pooled[-1], "runs": len(pooled)}

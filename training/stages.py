@@ -32,8 +32,8 @@ from training.target_store import TargetStore
 from training.teacher import (
     TEACHER_DIM,
     TEACHER_NAME,
-    choose_backend,
     choose_precision,
+    choose_teacher,
     cpu_flags,
     make_encoder,
     teacher_tokenizer_path,
@@ -144,9 +144,8 @@ def stage_teacher(
         store = target_store(job)
         todo = [(tag, missing) for tag, texts in plan if (missing := store.missing(texts))]
         if todo:
-            precision = choose_precision(job.teacher.precision)
-            backend = choose_backend(job.teacher.backend, precision)
-            _log_precision(job, precision, backend)
+            precision, backend = choose_teacher(job.teacher.precision, job.teacher.backend)
+            _log_precision(job, precision, backend, stage="targets")
             onnx_path = Path(job.work_dir) / "teacher" / "onnx" / "model.onnx"
             batch = job.teacher.onnx_batch_size if backend == "onnx" else job.teacher.batch_size
             encode = make_encoder(job.train.max_tokens, batch, precision, backend, onnx_path)
@@ -157,12 +156,15 @@ def stage_teacher(
     return {tag: store.lookup(texts) for tag, texts in groups.items()}
 
 
-def _log_precision(job: JobConfig, precision: str, backend: str = "torch") -> None:
+def _log_precision(job: JobConfig, precision: str, backend: str, stage: str) -> None:
+    """One line per teacher run in `teacher/precision.jsonl`: `stage` "targets" (pooled, what the manifest
+    reports) or "token_targets" (per-position states, always torch)."""
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
     line = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "precision": precision,
         "backend": backend,
+        "stage": stage,
         "cpu_flags": flags,
     }
     path = Path(job.work_dir) / "teacher" / "precision.jsonl"
@@ -217,7 +219,7 @@ def stage_token_targets(job: JobConfig, corpus: TokenizedCorpus, d: Dist, tag: s
 
     def hidden() -> token_targets.HiddenFn:
         precision = choose_precision(job.teacher.precision)
-        _log_precision(job, precision)
+        _log_precision(job, precision, "torch", stage="token_targets")
         return token_targets.make_hidden(job.train.max_tokens, precision)
 
     if d.main:

@@ -3,7 +3,7 @@
 Two products, both cached and resumable:
 - `targets`: the teacher's (normalised) embedding of every corpus text (training/target_store.py), from
   torch (bf16 autocast where the CPU has native bf16) or from an ONNX export run by onnxruntime (fp32:
-  1.5-1.9x torch's rate on an AVX2-only CPU, same vectors to cosine >= 0.99999);
+  ~1.8-2.1x torch's rate on an AVX2-only CPU, same vectors to cosine >= 0.99999);
 - `token_vectors`: the teacher's output for each vocabulary token alone ("[CLS] tok [SEP]"), the
   model2vec recipe, used to initialise the student's embedding table (PCA down to its width).
 """
@@ -79,17 +79,36 @@ def choose_backend(requested: str, precision: str) -> str:
     if requested not in {"auto", "torch", "onnx"}:
         raise ValueError(f"teacher backend {requested!r}: use auto, torch or onnx")
     if requested == "onnx" and precision != "fp32":
-        raise ValueError(f"teacher backend onnx runs fp32 only (precision {precision!r}): use torch")
+        raise ValueError(
+            f'teacher backend onnx runs fp32 only (precision {precision!r}): set precision = "fp32" '
+            'or backend = "torch"'
+        )
     if requested != "auto":
         return requested
     return "onnx" if precision == "fp32" else "torch"
 
 
-def export_onnx(path: Path) -> Path:
+def choose_teacher(precision: str, backend: str, flags: set[str] | None = None) -> tuple[str, str]:
+    """(precision, backend) from the config's requests: backend "onnx" implies fp32 (an "auto"
+    precision does not turn into bf16 under it on a bf16 CPU); otherwise precision decides first."""
+    if backend == "onnx" and precision == "auto":
+        return "fp32", "onnx"
+    chosen = choose_precision(precision, flags)
+    return chosen, choose_backend(backend, chosen)
+
+
+def export_teacher_onnx(path: Path) -> Path:
     """The teacher as ONNX (input_ids, attention_mask -> masked mean of the last hidden state, not
-    normalised), exported once: an existing file is reused. Written to a temporary name, then renamed."""
+    normalised), exported once: an existing file that onnxruntime loads is reused (one that it cannot
+    load is exported again). Written to a temporary name, then renamed."""
     if path.exists():
-        return path
+        import onnxruntime as ort
+
+        try:
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            return path
+        except Exception:  # any load failure: export afresh
+            path.unlink()
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(teacher_model_dir()), local_files_only=True).eval()
@@ -134,7 +153,7 @@ def make_encoder(
     if backend == "onnx":
         if onnx_path is None:
             raise ValueError("the onnx teacher backend needs onnx_path")
-        return _onnx_encoder(export_onnx(onnx_path), max_tokens, batch_size)
+        return _onnx_encoder(export_teacher_onnx(onnx_path), max_tokens, batch_size)
     model = load_teacher(max_tokens)
 
     def encode(texts: list[str]) -> np.ndarray:
@@ -149,7 +168,8 @@ def make_encoder(
 
 def _onnx_encoder(model_path: Path, max_tokens: int, batch_size: int) -> Callable[[list[str]], np.ndarray]:
     """The ONNX teacher on onnxruntime: the texts sorted by length into batches of `batch_size`, each
-    padded to its longest (as SentenceTransformer.encode does), on one session using every core."""
+    padded to its longest (as SentenceTransformer.encode does), on one session using every core this
+    process may run on."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -157,7 +177,7 @@ def _onnx_encoder(model_path: Path, max_tokens: int, batch_size: int) -> Callabl
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_tokens)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
     def encode(texts: list[str]) -> np.ndarray:

@@ -79,6 +79,7 @@ def test_tiny_job_writes_a_verified_bundle_with_parity(tiny_run: tuple[Path, Pat
     pair_losses = [row["pair"] for row in _log(work) if "pair" in row]
     assert pair_losses and all(v >= 0 for v in pair_losses)
     assert manifest.source["teacher_precision"]["precision"] in {"bf16", "fp32"}
+    assert manifest.source["teacher_precision"]["backend"] in {"torch", "onnx"}
 
 
 def test_bundle_serves_what_the_checkpoint_computes(tiny_run: tuple[Path, Path]) -> None:
