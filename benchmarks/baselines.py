@@ -48,9 +48,7 @@ def build_minilm(out_dir: Path) -> Bundle:
 
     from training.teacher import export_teacher_onnx
 
-    model_path = out_dir / "model.onnx"
-    model_path.unlink(missing_ok=True)  # a rebuild exports afresh
-    export_teacher_onnx(model_path)
+    export_teacher_onnx(out_dir / "model.onnx")
     model = AutoModel.from_pretrained(str(teacher_dir()), local_files_only=True)
     tok = _clean_tokenizer(
         Tokenizer.from_file(str(teacher_dir() / "tokenizer.json")), out_dir / "tokenizer.json"

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from embedder.core.tokenizer import pad_batch
+
 TEACHER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 TEACHER_DIM = 384
 
@@ -99,16 +101,7 @@ def choose_teacher(precision: str, backend: str, flags: set[str] | None = None) 
 
 def export_teacher_onnx(path: Path) -> Path:
     """The teacher as ONNX (input_ids, attention_mask -> masked mean of the last hidden state, not
-    normalised), exported once: an existing file that onnxruntime loads is reused (one that it cannot
-    load is exported again). Written to a temporary name, then renamed."""
-    if path.exists():
-        import onnxruntime as ort
-
-        try:
-            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            return path
-        except Exception:  # any load failure: export afresh
-            path.unlink()
+    normalised), written to a temporary name, then renamed over `path`."""
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(teacher_model_dir()), local_files_only=True).eval()
@@ -153,7 +146,7 @@ def make_encoder(
     if backend == "onnx":
         if onnx_path is None:
             raise ValueError("the onnx teacher backend needs onnx_path")
-        return _onnx_encoder(export_teacher_onnx(onnx_path), max_tokens, batch_size)
+        return _onnx_encoder(onnx_path, max_tokens, batch_size)
     model = load_teacher(max_tokens)
 
     def encode(texts: list[str]) -> np.ndarray:
@@ -169,16 +162,26 @@ def make_encoder(
 def _onnx_encoder(model_path: Path, max_tokens: int, batch_size: int) -> Callable[[list[str]], np.ndarray]:
     """The ONNX teacher on onnxruntime: the texts sorted by length into batches of `batch_size`, each
     padded to its longest (as SentenceTransformer.encode does), on one session using every core this
-    process may run on."""
+    process may run on. The export at `model_path` is reused if onnxruntime loads it, else (missing or
+    broken) exported again."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(teacher_tokenizer_path()))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_tokens)
+    pad_id = tokenizer.token_to_id("[PAD]")
     options = ort.SessionOptions()
     options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+    def load() -> ort.InferenceSession:
+        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+    try:
+        session = load()
+    except Exception:  # no export yet, or one onnxruntime cannot load: export afresh
+        export_teacher_onnx(model_path)
+        session = load()
 
     def encode(texts: list[str]) -> np.ndarray:
         rows = [e.ids for e in tokenizer.encode_batch(texts)]
@@ -186,12 +189,7 @@ def _onnx_encoder(model_path: Path, max_tokens: int, batch_size: int) -> Callabl
         order = np.argsort([len(r) for r in rows], kind="stable")
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            width = max(len(rows[i]) for i in idx)
-            ids = np.zeros((len(idx), width), dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for j, i in enumerate(idx):
-                ids[j, : len(rows[i])] = rows[i]
-                mask[j, : len(rows[i])] = 1
+            ids, mask = pad_batch([rows[i] for i in idx], pad_id)
             out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
