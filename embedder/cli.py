@@ -45,7 +45,7 @@ from embedder.core.repository import choose_bundle, configured_models
 from embedder.errors import EmbedderError
 from embedder.explain import render as explain_render
 from embedder.grpc.server import serve
-from embedder.malloc import limit_malloc_arenas
+from embedder.malloc import MallocTrimmer, tune_malloc
 from embedder.options import add_vector_flags, vector_flags
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
@@ -151,8 +151,12 @@ def _cmd_serve(config: ServerConfig) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    limit_malloc_arenas(config.malloc_arenas)  # before the server's threads allocate
-    asyncio.run(serve(config))
+    tune_malloc(config.malloc_arenas)  # before the server's threads allocate
+    trimmer = MallocTrimmer(config.malloc_trim_free_mb).start()
+    try:
+        asyncio.run(serve(config))
+    finally:
+        trimmer.stop()
     return 0
 
 

@@ -99,10 +99,14 @@ class ServerConfig:
     # by (bundle sha256, truncation, text). 0 = off. On by default: 3.3x items/s on a Zipf stream, no
     # cost without repeats (docs/operations.md, "Embedding cache").
     embedding_cache_mb: float = 64.0
-    # glibc malloc arenas (M_ARENA_MAX), set at `serve` start; 0 = glibc's default (8 per core). Each
-    # thread that allocates under contention gets an arena of its own and keeps what it freed there: a
-    # long-text flood left the server 37% larger after it stopped, 20% with 2 arenas (issue 14).
+    # glibc malloc arenas (M_ARENA_MAX), set at `serve` start with a fixed mmap threshold; 0 = glibc's
+    # defaults (8 arenas per core). Each thread that allocates under contention gets an arena of its own
+    # and keeps what it freed there: a long-text flood left the server 37% larger after it stopped, 20%
+    # with 2 arenas (issue 14; embedder/malloc.py).
     malloc_arenas: int = 2
+    # Return the heap's free pages to the OS (malloc_trim, checked once a second) when more than this
+    # many MB of it are free: after a burst, not under steady load. 0 = never (embedder/malloc.py).
+    malloc_trim_free_mb: float = 32.0
     # Diagnostics: write every batch the scheduler forms (its texts' token ids) to this JSONL file, for
     # `streamrec-bench overhead` to replay on the model alone. "" = off. It holds the texts: not for
     # production traffic.
@@ -153,6 +157,7 @@ class ServerConfig:
             "max_tokenizing_chars",
             "bulk_min_chars",
             "malloc_arenas",
+            "malloc_trim_free_mb",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
