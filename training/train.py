@@ -146,7 +146,7 @@ def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: 
     view = _training_view(model, t, data)
     head = view.head if isinstance(view, WithPositions) else None
     opt = make_optimizer(view, job)
-    start = restore(ckpt_path, model, opt, head)
+    start = restore(ckpt_path, model, opt, head, job)
     if start >= t.steps:
         return model
     net = torch.nn.parallel.DistributedDataParallel(view) if d.world > 1 else view
@@ -288,12 +288,25 @@ def distill_loss(
 
 
 def restore(
-    path: Path, model: CNNEncoder, opt: torch.optim.Optimizer, head: torch.nn.Module | None = None
+    path: Path,
+    model: CNNEncoder,
+    opt: torch.optim.Optimizer,
+    head: torch.nn.Module | None = None,
+    job: JobConfig | None = None,
 ) -> int:
-    """Load the last checkpoint if there is one; return the step to resume from."""
+    """Load the last checkpoint if there is one; return the step to resume from. With `job`, a checkpoint
+    of another model shape (e.g. the run directory of an older default config) is refused in one line."""
     if not path.exists():
         return 0
     ckpt = torch.load(path, weights_only=False)
+    if job is not None:
+        saved, wanted = ckpt.get("config", {}).get("model", {}), job.to_dict()["model"]
+        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        if changed:
+            raise SystemExit(
+                f"{path}: checkpoint of another model ([model] {', '.join(changed)} differ); "
+                f"remove {path.parent} to start over, or pass --run-name"
+            )
     model.load_state_dict(ckpt["model"])
     if head is not None:
         head.load_state_dict(ckpt["token_head"])

@@ -24,13 +24,21 @@ TINY = "training/configs/tiny.toml"
 
 
 def _job(*args: str, cwd: Path = REPO, torchrun: bool = False, timeout: float = 400) -> str:
+    proc = _run_job(*args, cwd=cwd, torchrun=torchrun, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout
+
+
+def _run_job(
+    *args: str, cwd: Path = REPO, torchrun: bool = False, timeout: float = 400
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
     head = (
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         if torchrun
         else [sys.executable]
     )
-    proc = subprocess.run(
+    return subprocess.run(
         [*head, "-m", "training.train", "--config", TINY, *args],
         cwd=cwd,
         env=env,
@@ -39,8 +47,6 @@ def _job(*args: str, cwd: Path = REPO, torchrun: bool = False, timeout: float = 
         timeout=timeout,
         check=False,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc.stdout
 
 
 def _log(work: Path) -> list[dict[str, object]]:
@@ -106,6 +112,16 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
     _job("--work-dir", str(tmp_path), "--stop-after", "train", "--set", "train.steps=20")
     steps = [row["step"] for row in _log(tmp_path) if "loss" in row]
     assert steps == [5, 10, 15, 20]  # second run picked up at step 10, did not redo 1..10
+
+
+def test_a_checkpoint_of_another_model_shape_is_refused_in_one_line(tmp_path: Path) -> None:
+    # E.g. the run directory an older default config left: resuming it into a new shape must not crash
+    # in load_state_dict with a traceback.
+    _job("--work-dir", str(tmp_path), "--stop-after", "train", "--set", "train.steps=5")
+    proc = _run_job("--work-dir", str(tmp_path), "--stop-after", "train", "--set", "model.embed_dim=40")
+    assert proc.returncode == 1
+    assert "checkpoint of another model ([model] embed_dim differ)" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_ddp_two_processes_train(tmp_path: Path) -> None:
