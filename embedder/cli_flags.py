@@ -57,8 +57,8 @@ CONFIG_HELP: dict[str, str] = {
     "embedding_cache_mb": "MiB of embeddings cached per server, LRU-evicted (default 64; 0 = no cache).",
     "malloc_arenas": "glibc malloc arenas (M_ARENA_MAX) for the server: fewer keep its memory from "
     "growing after bursts of long texts (default 2; 0 = glibc's default).",
-    "malloc_trim_free_mb": "Return the server's free heap pages to the OS once more than this many MB "
-    "are free, checked once a second (default 32; 0 = never).",
+    "malloc_trim_free_mb": "Return the server's free heap pages to the OS (malloc_trim) when its free "
+    "heap grew by more than this many MiB since the last trim, checked once a second (0 = never).",
     "batch_log": "Diagnostics: write every batch the server forms (token ids) to this JSONL file.",
     "tls_cert_file": "Server certificate (PEM); with --tls-key-file it turns TLS on (docs/tls.md).",
     "tls_key_file": "Server private key (PEM), with --tls-cert-file.",

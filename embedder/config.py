@@ -104,8 +104,9 @@ class ServerConfig:
     # and keeps what it freed there: a long-text flood left the server 37% larger after it stopped, 20%
     # with 2 arenas (issue 14; embedder/malloc.py).
     malloc_arenas: int = 2
-    # Return the heap's free pages to the OS (malloc_trim, checked once a second) when more than this
-    # many MB of it are free: after a burst, not under steady load. 0 = never (embedder/malloc.py).
+    # Return the heap's free pages to the OS (malloc_trim, checked once a second) when its free bytes
+    # grew by more than this many MiB since their lowest point since the last trim: after a burst.
+    # 0 = never (embedder/malloc.py).
     malloc_trim_free_mb: float = 32.0
     # Diagnostics: write every batch the scheduler forms (its texts' token ids) to this JSONL file, for
     # `streamrec-bench overhead` to replay on the model alone. "" = off. It holds the texts: not for

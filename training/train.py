@@ -27,7 +27,7 @@ from training import losses
 from training.augment import AugmentConfig
 from training.config import JobConfig, TrainConfig, load_job_config
 from training.data import Collator, EditIndex, TokenizedCorpus, continuation_mask, step_batches
-from training.model import CNNEncoder, WithPositions
+from training.model import CNNEncoder, ModelConfig, WithPositions
 from training.publish import publish
 from training.stages import (
     Dist,
@@ -300,7 +300,9 @@ def restore(
         return 0
     ckpt = torch.load(path, weights_only=False)
     if job is not None:
-        saved, wanted = ckpt.get("config", {}).get("model", {}), job.to_dict()["model"]
+        # Keys the checkpoint predates (added to ModelConfig since) had their defaults when it was written.
+        saved = {**dataclasses.asdict(ModelConfig()), **ckpt.get("config", {}).get("model", {})}
+        wanted = job.to_dict()["model"]
         changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         if changed:
             raise SystemExit(
