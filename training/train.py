@@ -291,24 +291,26 @@ def restore(
     path: Path,
     model: CNNEncoder,
     opt: torch.optim.Optimizer,
-    head: torch.nn.Module | None = None,
-    job: JobConfig | None = None,
+    head: torch.nn.Module | None,
+    job: JobConfig,
 ) -> int:
-    """Load the last checkpoint if there is one; return the step to resume from. With `job`, a checkpoint
-    of another model shape (e.g. the run directory of an older default config) is refused in one line."""
+    """Load the last checkpoint if there is one; return the step to resume from. A checkpoint of another
+    model shape (e.g. the run directory of an older default config) is refused in one line."""
     if not path.exists():
         return 0
     ckpt = torch.load(path, weights_only=False)
-    if job is not None:
-        # Keys the checkpoint predates (added to ModelConfig since) had their defaults when it was written.
-        saved = {**dataclasses.asdict(ModelConfig()), **ckpt.get("config", {}).get("model", {})}
-        wanted = job.to_dict()["model"]
-        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        if changed:
-            raise SystemExit(
-                f"{path}: checkpoint of another model ([model] {', '.join(changed)} differ); "
-                f"remove {path.parent} to start over, or pass --run-name"
-            )
+    # Rebuilt as load_model does: keys the checkpoint predates take ModelConfig's defaults.
+    saved = ModelConfig(**ckpt["config"]["model"])
+    changed = [
+        f.name
+        for f in dataclasses.fields(ModelConfig)
+        if getattr(saved, f.name) != getattr(job.model, f.name)
+    ]
+    if changed:
+        raise SystemExit(
+            f"{path}: checkpoint of another model ([model] {', '.join(changed)} differ); "
+            f"remove {path.parent} to start over, or pass --run-name"
+        )
     model.load_state_dict(ckpt["model"])
     if head is not None:
         head.load_state_dict(ckpt["token_head"])
