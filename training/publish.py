@@ -24,6 +24,7 @@ from training.student import encode_with, quality, run_eval
 from training.teacher import TEACHER_NAME
 from training.vocab import teacher_vocab
 
+VARIANTS = ("fp32", "int8-dynamic", "int8-pointwise")
 INT8_MAX_DROP = 0.5
 INT8_MAX_AGREEMENT_DROP = 0.005
 # A served text's embedding must not depend on its batch-mates (padding): alone vs batched, max abs diff.
@@ -86,7 +87,8 @@ def onnx_quality(path: Path, job: JobConfig, ev: tuple[list[str], np.ndarray]) -
     )
 
 
-def _variants(job: JobConfig, fp32: Path, calibration: list[Batch]) -> dict[str, dict[str, Any]]:
+def build_variants(job: JobConfig, fp32: Path, calibration: list[Batch]) -> dict[str, dict[str, Any]]:
+    """{name: {"path": ...}}: the fp32 graph and, with `export.int8`, its int8 variants in the run dir."""
     variants: dict[str, dict[str, Any]] = {"fp32": {"path": fp32}}
     if job.export.int8:
         run_dir = job.run_dir
@@ -94,6 +96,27 @@ def _variants(job: JobConfig, fp32: Path, calibration: list[Batch]) -> dict[str,
         pointwise = quantize_pointwise_int8(fp32, run_dir / "model.int8-pointwise.onnx", calibration)
         variants["int8-pointwise"] = {"path": pointwise}
     return variants
+
+
+def measure_and_choose(
+    job: JobConfig,
+    variants: dict[str, dict[str, Any]],
+    ev: tuple[list[str], np.ndarray],
+    batches: list[Batch],
+) -> str:
+    """Time every variant on this machine, score its quality and batch independence (into `variants`),
+    and return the name of the one to ship (`_choose`)."""
+    speeds = onnx_items_per_s({name: v["path"] for name, v in variants.items()})
+    for name, v in variants.items():
+        v["items_per_s"] = speeds[name]
+        v["quality"] = onnx_quality(v["path"], job, ev)
+        v["batch_independence_max_abs_diff"] = batch_independence(v["path"], batches)
+    return _choose(variants)
+
+
+def variants_report(variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`variants` as JSON can hold them (paths as strings)."""
+    return {k: {kk: (str(vv) if kk == "path" else vv) for kk, vv in v.items()} for k, v in variants.items()}
 
 
 def publish(
@@ -115,21 +138,14 @@ def publish(
     if max_diff > 1e-4:
         raise RuntimeError(f"ONNX parity failed: max abs diff {max_diff:.2e} > 1e-4")
     calibration = parity_batches(calibration_texts, job.train.max_tokens, 1024, job.train.seed)
-    variants = _variants(job, fp32, calibration)
-    speeds = onnx_items_per_s({name: v["path"] for name, v in variants.items()})
-    for name, v in variants.items():
-        v["items_per_s"] = speeds[name]
-        v["quality"] = onnx_quality(v["path"], job, ev)
-        v["batch_independence_max_abs_diff"] = batch_independence(v["path"], batches)
-    chosen = _choose(variants)
+    variants = build_variants(job, fp32, calibration)
+    chosen = measure_and_choose(job, variants, ev, batches)
     report = {
         "parameters": count_parameters(model),
         "macs_per_token": macs_per_token(model.cfg),
         "torch_metrics": torch_metrics,
         "parity_max_abs_diff": max_diff,
-        "variants": {
-            k: {kk: (str(vv) if kk == "path" else vv) for kk, vv in v.items()} for k, v in variants.items()
-        },
+        "variants": variants_report(variants),
         "chosen": chosen,
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -160,8 +176,8 @@ def publish(
     return report
 
 
-def _choose(variants: dict[str, dict[str, Any]]) -> str:
-    """The fastest variant within the quality and batch-independence bounds of fp32."""
+def acceptable_variants(variants: dict[str, dict[str, Any]]) -> list[str]:
+    """The measured variants within the quality and batch-independence bounds of fp32 (fp32 included)."""
     ref = variants["fp32"]["quality"]
 
     def acceptable(v: dict[str, Any]) -> bool:
@@ -172,8 +188,12 @@ def _choose(variants: dict[str, dict[str, Any]]) -> str:
             and v["batch_independence_max_abs_diff"] <= BATCH_INDEPENDENCE_TOL
         )
 
-    ok = [name for name, v in variants.items() if name == "fp32" or acceptable(v)]
-    return max(ok, key=lambda name: float(variants[name]["items_per_s"]))
+    return [name for name, v in variants.items() if name == "fp32" or acceptable(v)]
+
+
+def _choose(variants: dict[str, dict[str, Any]]) -> str:
+    """The fastest variant within the quality and batch-independence bounds of fp32."""
+    return max(acceptable_variants(variants), key=lambda name: float(variants[name]["items_per_s"]))
 
 
 def batch_independence(path: Path, batches: list[Batch]) -> float:

@@ -88,20 +88,25 @@ def test_tiny_job_writes_a_verified_bundle_with_parity(tiny_run: tuple[Path, Pat
     assert manifest.source["teacher_precision"]["backend"] in {"torch", "onnx"}
 
 
-def test_bundle_serves_what_the_checkpoint_computes(tiny_run: tuple[Path, Path]) -> None:
-    from training.student import encode, load_model
-
-    work, bundle = tiny_run
-    texts = ["a man is playing a guitar", "Debian package: a tiny text editor for the terminal", "ok"]
+def _served(bundle: Path, texts: list[str], *flags: str) -> np.ndarray:
+    """What the serving runtime embeds for `texts` (`embedder.cli embed`)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "embedder.cli", "embed", "--bundle", str(bundle), "--no-normalize", *texts],
+        [sys.executable, "-m", "embedder.cli", "embed", "--bundle", str(bundle), *flags, *texts],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    served = np.array([json.loads(line)["embedding"] for line in proc.stdout.splitlines()], dtype=np.float32)
+    return np.array([json.loads(line)["embedding"] for line in proc.stdout.splitlines()], dtype=np.float32)
+
+
+def test_bundle_serves_what_the_checkpoint_computes(tiny_run: tuple[Path, Path]) -> None:
+    from training.student import encode, load_model
+
+    work, bundle = tiny_run
+    texts = ["a man is playing a guitar", "Debian package: a tiny text editor for the terminal", "ok"]
+    served = _served(bundle, texts, "--no-normalize")
     model = load_model(work / "runs" / "tiny" / "last.pt")
     expected = encode(model, texts, max_tokens=64)
     np.testing.assert_allclose(served, expected, atol=1e-4)
@@ -153,3 +158,37 @@ def test_the_gold_label_term_ranks_sts_train_pairs_in_the_same_steps(tiny_run: t
     sts = [row["sts"] for row in rows if "sts" in row]
     # CoSENT over 32 pairs starts near log(#ordered pairs) ~ 6 and stays finite.
     assert len(sts) == 4 and all(0 < v < 20 for v in sts)
+
+
+def _requantize(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "training.requantize", "--config", TINY, "--work-dir", str(work), *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_requantize_rewrites_an_fp32_bundle_and_refuses_a_quantised_one(
+    tiny_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from embedder.core.bundle import load_bundle
+
+    work, fp32 = tiny_run
+    out = tmp_path / "int8"
+    proc = _requantize(work, "--bundle", str(fp32), "--out-dir", str(out), "--variant", "int8-pointwise")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = load_bundle(fp32).manifest, load_bundle(out).manifest  # hashes verified, explain too
+    assert after.source["variant"] == "int8-pointwise" and after.version == "0.0.2"
+    record = after.source["requantized"]
+    assert record["chosen"] == "int8-pointwise" and set(record["variants"]) == {
+        "fp32",
+        "int8-dynamic",
+        "int8-pointwise",
+    }
+    assert after.sha256 != before.sha256 and after.explain_sha256 != before.explain_sha256
+    assert after.metrics["stsb_dev_spearman"] == record["variants"]["int8-pointwise"]["stsb_dev_spearman"]
+    texts = ["a man is playing a guitar", "Debian package: a tiny text editor for the terminal"]
+    cosines = (_served(fp32, texts) * _served(out, texts)).sum(axis=1)  # both L2-normalised
+    assert float(cosines.min()) > 0.99  # int8 rounding, not another model
+    again = _requantize(work, "--bundle", str(out), "--out-dir", str(tmp_path / "again"))
+    assert again.returncode == 1
+    assert again.stderr.strip().endswith("variant 'int8-pointwise'; requantize starts from an fp32 bundle")
+    assert "Traceback" not in again.stderr and not (tmp_path / "again").exists()
