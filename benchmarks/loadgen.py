@@ -221,6 +221,29 @@ async def run_closed(
     return result
 
 
+def send_each_once(address: str, requests: Sequence[list[str]], concurrency: int) -> int:
+    """Send every request once, `concurrency` at a time (e.g. to warm a server's cache); returns errors."""
+
+    async def run() -> int:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
+            todo = iter(requests)
+            errors = 0
+
+            async def caller() -> None:
+                nonlocal errors
+                for texts in todo:
+                    try:
+                        await stub.Embed(pb.EmbedRequest(texts=texts), timeout=60)
+                    except grpc.RpcError:
+                        errors += 1
+
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            return errors
+
+    return asyncio.run(run())
+
+
 def cpu_s(pid: int | None = None) -> float:
     """User + system CPU seconds of process `pid` (None = this process)."""
     times = psutil.Process(pid).cpu_times()
