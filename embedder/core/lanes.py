@@ -6,8 +6,8 @@ the same CPU share as the flood's (issue 14: normal calls' p99 6-12x their unloa
 long-text flood, with smaller batches and a niced event loop making no difference). So each request is
 classified when admitted: **bulk** when its tokenizing cost (`cost_chars`, what admission counts) is at
 least `bulk_min_chars`, else **interactive**. Bulk work runs on threads of its own that lower their own
-OS priority once, at start (`BULK_NICE_INCREMENT` steps of nice; Linux's CFS then gives a nice-0 thread
-~90% of a core against a nice-10 one); interactive work stays on the server's own priority. Priority
+OS priority once, at start (`BULK_NICE_INCREMENT` steps of nice, to 19: Linux's CFS then gives a nice-0
+thread ~98% of a core against a nice-19 one); interactive work stays on the server's own priority. Priority
 must be per thread, not per batch: an unprivileged process may raise its nice value but never lower it
 back (workers.py, `lower_thread_priority`).
 
@@ -23,7 +23,10 @@ BULK = "bulk"
 LANES = (INTERACTIVE, BULK)  # the `lane` label's values; the dispatcher serves them in this order
 
 # How many steps of nice bulk threads take below the server's own priority (capped at 19 by the OS).
-BULK_NICE_INCREMENT = 10
+# 19, the lowest: under the mixed attack (30-s runs, interleaved, 2026-12-04, AVX-512) the normal calls'
+# p99 was 51-57 ms with 19 against 58-64 with 10 and 63-69 with 0 (SCHED_IDLE: 54, 54; not worth a
+# scheduling class of its own). Bulk work still gets any core interactive work leaves idle.
+BULK_NICE_INCREMENT = 19
 
 
 def classify(cost_chars: int, bulk_min_chars: int) -> str:
