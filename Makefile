@@ -74,7 +74,7 @@ $(V1_BUNDLE)/manifest.json:
 	mkdir -p .cache
 	git archive $(V1_COMMIT) models/streamrec-cnn-v1 | tar -x -C .cache
 
-bench: $(VENV)/.dev  ## full benchmark run (~23 min on 2 idle AVX-512 cores, ~41 on AVX2-only); results in benchmarks/results/
+bench: $(VENV)/.dev  ## full benchmark run (~23-32 min on 2 AVX-512 cores, ~41 on AVX2-only); results in benchmarks/results/
 	$(VENV)/bin/streamrec-bench
 
 bench-quick: $(VENV)/.dev  ## 2-minute benchmark smoke run

@@ -48,7 +48,8 @@ def _cache(r: dict[str, Any]) -> list[str]:
     zipf, unique = r["cells"]["zipf"], r["cells"]["unique"]
     return [
         f"| embedding cache (`cache`, {r['callers']} callers, Zipf {r['zipf_s']} over "
-        f"{r['distinct_items']:,} items) | Zipf: {rate(zipf['on']['items_per_s'])} items/s cached vs "
+        f"{r['distinct_items']:,} items, after {r.get('warm_requests', 0):,} warm-up requests) | Zipf: "
+        f"{rate(zipf['on']['items_per_s'])} items/s cached vs "
         f"{rate(zipf['off']['items_per_s'])}, hit ratio {num(zipf['on']['hit_ratio'], '.2f')} | "
         f"{ratio_text(zipf['speedup'])} on Zipf (wanted >= 3x); no repeats: "
         f"{ratio_text(unique['speedup'])} (wanted >= 0.95x) |",
