@@ -9,8 +9,8 @@ The items are every Debian catalogue item of 20-40 words on the machine (benchma
 only, so not just the held-out ones); past their number (~30,000), copies tagged "(edition k)" make up
 `distinct`. Each cell is measured after the stream's first `WARM_REQUESTS` requests (sent once, not
 measured: a cache as a server that has been up a while has it). Reported: items/s and server CPU ms per
-item per cell, their ratios, the window's hit ratio and the cache's bytes from the server's /metrics, and
-the server's peak RSS.
+item per cell, their ratios, the measured loop's hit ratio and the cache's bytes from the server's
+/metrics, and the server's peak RSS.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def _cell(
     bundle: Path, requests: list[list[str]], callers: int, window: Window, *, cache_mb: float, warm: int
 ) -> dict[str, Any]:
     """One fresh server: the stream's first `warm` requests sent once (not measured), then the rest
-    measured; the hit ratio is the window's own (counters read before and after it)."""
+    measured; the hit ratio is the closed loop's (its own warm-up second and window), not the warm-up
+    requests' (counters read before and after the loop)."""
     port = _free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
     with (
@@ -84,6 +85,8 @@ def _cell(
         rss_sampler(server),
     ):
         warm_errors = send_each_once(server.address, requests[:warm], callers) if warm else 0
+        if warm_errors:  # a cell measured from a colder cache than it says would mislead
+            raise RuntimeError(f"{warm_errors} of {warm} warm-up requests failed")
         before = _cache_counts(metrics)
         result = closed_loop(
             server.address, requests[warm:], callers, window, cpu_pid=server.proc.pid

@@ -175,6 +175,9 @@ def _add_overhead(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _run_cache(args: argparse.Namespace) -> int:
     from benchmarks.cache_bench import markdown, run_cache_bench
 
+    if args.warm_requests is not None and args.warm_requests < 0:
+        print(f"--warm-requests must be >= 0 (got {args.warm_requests})", file=sys.stderr)
+        return 2
     report = run_cache_bench(
         Path(args.bundle),
         callers=args.callers,

@@ -6,11 +6,15 @@ about as fast as fp32 (the job keeps fp32), on one with AVX-512 VNNI they are 14
 command takes a bundle whose model.onnx is fp32 (the bundle keeps the graph the job exported, so no
 checkpoint is needed), builds the int8 variants from it with the job's calibration texts, measures them
 here exactly as `publish` does, and if another variant wins, rewrites the bundle with it: model.onnx,
-explain.onnx quantised with the same calibration (Explain keeps matching what is served), the chosen
-variant's quality in `metrics`, a new version, and a `requantized` record (CPU flags, each variant's
-speed and quality) in `source`.
+for int8-pointwise explain.onnx quantised with the same calibration (Explain keeps matching what is
+served), the chosen variant's quality in `metrics`, a new version, and a `requantized` record (CPU flags,
+each variant's speed and STS-B dev, the version it came from) in `source`.
 
-    python -m training.requantize --config training/configs/cnn5m-v2.toml --bundle models/streamrec-cnn-v2
+    git archive 899553d models/streamrec-cnn-v2 | tar -x -C /tmp     # v2.1 as exported: 2.1.0, fp32
+    python -m training.requantize --config training/configs/cnn5m-v2.toml \
+        --bundle /tmp/models/streamrec-cnn-v2 --out-dir models/streamrec-cnn-v2   # what made 2.1.1
+
+(The committed default is already int8-pointwise, so it is refused as a starting point.)
 
 Needs the corpus stage (`--stop-after corpus`, < 1 min; it runs it if absent) and the teacher's targets for
 the held-out eval sample (10,000 texts; computed if absent, in the config's teacher precision).
@@ -23,14 +27,14 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from embedder.core.bundle import Bundle, load_bundle, save_bundle
+from embedder.core.bundle import MANIFEST_FILE, Bundle, BundleError, load_bundle, save_bundle
 from training.config import JobConfig, load_job_config
 from training.export import git_commit
 from training.model import ModelConfig
@@ -53,7 +57,10 @@ EXPLAIN_MIN_COSINE = 0.999
 
 def next_version(version: str) -> str:
     """The patch release after `version` ("2.1.0" -> "2.1.1"): same weights, other arithmetic."""
-    major, minor, patch = version.split(".")
+    parts = version.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"version {version!r} is not MAJOR.MINOR.PATCH; pass --version")
+    major, minor, patch = parts
     return f"{major}.{minor}.{int(patch) + 1}"
 
 
@@ -95,7 +102,10 @@ def requantize(
     fp32 = run_dir / "model.fp32.onnx"
     shutil.copyfile(bundle.model_path, fp32)
     max_tokens, seed = job.train.max_tokens, job.train.seed
-    calibration = parity_batches([r["text"] for r in train_records][:4096], max_tokens, 1024, seed)
+    train_texts = [r["text"] for r in train_records]
+    if job.train.max_train_texts:  # the job's own calibration texts: the first 4,096 of what it trains on
+        train_texts = train_texts[: job.train.max_train_texts]
+    calibration = parity_batches(train_texts[:4096], max_tokens, 1024, seed)
     batches = parity_batches([r["text"] for r in heldout], max_tokens, job.export.parity_texts, seed)
     variants = build_variants(job, fp32, calibration)
     fastest = measure_and_choose(job, variants, ev, batches)
@@ -106,7 +116,7 @@ def requantize(
         )
     report: dict[str, Any] = {
         "bundle": str(bundle.path),
-        "version": bundle.manifest.version,
+        "from_version": bundle.manifest.version,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"}),
         "git_commit": git_commit(),
@@ -142,13 +152,41 @@ def requantize(
         for name, v in variants.items()
     }
     fields["source"] = {**fields["source"], "variant": chosen, "requantized": summary}
-    # Write to a fresh directory first: the bundle being replaced stays intact if anything fails.
-    staging = out_dir.with_name(out_dir.name + ".requantize-tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    save_bundle(staging, variants[chosen]["path"], bundle.tokenizer_path, explain_file=explain, **fields)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    _replace_bundle(
+        out_dir,
+        lambda staging: save_bundle(
+            staging, variants[chosen]["path"], bundle.tokenizer_path, explain_file=explain, **fields
+        ),
+    )
     return report
+
+
+def _replace_bundle(out_dir: Path, write: Callable[[Path], Any]) -> None:
+    """`write(staging)` a complete bundle beside `out_dir`, then swap it in: the old bundle (if any) is
+    moved aside and deleted last, so a failure at any step leaves a whole bundle at `out_dir` or beside
+    it."""
+    staging = out_dir.with_name(out_dir.name + ".requantize-new")
+    old = out_dir.with_name(out_dir.name + ".requantize-old")
+    for leftover in (staging, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    write(staging)
+    if out_dir.exists():
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def check_out_dir(out_dir: Path, bundle: Bundle) -> Path:
+    """The resolved output directory; refuse (one line) an existing one that is not a bundle: it would be
+    replaced whole."""
+    out = out_dir.resolve()
+    if out.exists() and out != bundle.path.resolve() and not (out / MANIFEST_FILE).is_file():
+        raise SystemExit(
+            f"--out-dir {out_dir}: exists and is not a bundle (no {MANIFEST_FILE}); pick another"
+        )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,10 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     job.export.int8 = True  # the variants are the point, whatever the config says
     if args.work_dir:
         job.work_dir = args.work_dir
-    bundle = load_bundle(args.bundle)
-    check_bundle(bundle, job)
-    version = args.version or next_version(bundle.manifest.version)
-    report = requantize(job, bundle, args.out_dir or args.bundle, version, args.variant)
+    try:
+        bundle = load_bundle(args.bundle)
+        check_bundle(bundle, job)
+        version = args.version or next_version(bundle.manifest.version)
+    except (BundleError, TypeError, ValueError) as exc:  # a bad bundle, a saved config, a version
+        raise SystemExit(f"{args.bundle}: {exc}") from None
+    out_dir = check_out_dir(args.out_dir or args.bundle, bundle)
+    report = requantize(job, bundle, out_dir, version, args.variant)
     for name, v in report["variants"].items():
         q, drift = v["quality"], v["batch_independence_max_abs_diff"]
         print(
@@ -188,9 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     flags = ", ".join(report["cpu_flags"])
     if report["chosen"] == "fp32":
-        print(f"fp32 stays (the fastest within bounds on this CPU: {flags}); bundle unchanged")
+        why = "asked for" if args.variant else f"the fastest within bounds on this CPU: {flags}"
+        print(f"fp32 stays ({why}); bundle unchanged")
     else:
-        print(f"{args.out_dir or args.bundle}: {report['chosen']}, version {version}")
+        print(f"{out_dir}: {report['chosen']}, version {version}")
     return 0
 
 
