@@ -239,6 +239,13 @@ class WithPositions(nn.Module):
         return pooled, self.head(self.encoder.position_features(x, e))
 
 
+def changed_model_fields(saved: dict[str, Any], cfg: ModelConfig) -> list[str]:
+    """The [model] fields in which a saved config (a checkpoint's or a bundle's) differs from `cfg`. Rebuilt
+    as load_model does: keys the saved one predates take ModelConfig's defaults."""
+    old = ModelConfig(**saved)
+    return [name for name in asdict(cfg) if getattr(old, name) != getattr(cfg, name)]
+
+
 def _has_stem_conv(cfg: ModelConfig) -> bool:
     return cfg.embed_dim != cfg.channels and cfg.stem == "conv"
 

@@ -37,7 +37,7 @@ import onnxruntime as ort
 from embedder.core.bundle import MANIFEST_FILE, Bundle, BundleError, load_bundle, save_bundle
 from training.config import JobConfig, load_job_config
 from training.export import git_commit
-from training.model import ModelConfig
+from training.model import changed_model_fields
 from training.publish import (
     VARIANTS,
     acceptable_variants,
@@ -48,7 +48,7 @@ from training.publish import (
 )
 from training.quantize import quantize_pointwise_int8
 from training.stages import eval_sample, setup_dist, stage_corpus, stage_teacher
-from training.teacher import cpu_flags
+from training.teacher import reported_cpu_flags
 
 # Explain's embeddings against the served model.onnx: both quantised with the same calibration, so they
 # agree to int8 rounding (measured: > 0.9999), far above a checkpoint of another model (publish uses 0.99).
@@ -71,8 +71,11 @@ def check_bundle(bundle: Bundle, job: JobConfig) -> None:
     if variant != "fp32":
         raise SystemExit(f"{bundle.path}: variant {variant!r}; requantize starts from an fp32 bundle")
     saved = source.get("config", {}).get("model")
-    if saved is None or ModelConfig(**saved) != job.model:
-        raise SystemExit(f"{bundle.path}: its model config differs from the one in {job.name}'s config")
+    if saved is None:
+        raise SystemExit(f"{bundle.path}: its manifest records no [model] config to check against")
+    if changed := changed_model_fields(saved, job.model):
+        fields = ", ".join(changed)
+        raise SystemExit(f"{bundle.path}: another model than {job.name}'s ([model] {fields} differ)")
 
 
 def explain_cosine(model_path: Path, explain_path: Path) -> float:
@@ -118,7 +121,7 @@ def requantize(
         "bundle": str(bundle.path),
         "from_version": bundle.manifest.version,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"}),
+        "cpu_flags": reported_cpu_flags(),
         "git_commit": git_commit(),
         "variants": variants_report(variants),
         "fastest": fastest,

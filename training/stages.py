@@ -34,8 +34,8 @@ from training.teacher import (
     TEACHER_NAME,
     choose_precision,
     choose_teacher,
-    cpu_flags,
     make_encoder,
+    reported_cpu_flags,
     teacher_tokenizer_path,
 )
 from training.vocab import teacher_vocab
@@ -159,7 +159,7 @@ def stage_teacher(
 def _log_precision(job: JobConfig, precision: str, backend: str, stage: str) -> None:
     """One line per teacher run in `teacher/precision.jsonl`: `stage` "targets" (pooled, what the manifest
     reports) or "token_targets" (per-position states, always torch)."""
-    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
+    flags = reported_cpu_flags()
     line = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "precision": precision,

@@ -59,6 +59,12 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def reported_cpu_flags() -> list[str]:
+    """The flags that decide this project's speed (vector width, int8 dot products, bf16), as records
+    name them next to a figure."""
+    return sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
+
+
 def choose_precision(requested: str, flags: set[str] | None = None) -> str:
     """ "bf16" only where the CPU has native bf16 (AVX512_BF16 or AMX); "auto" decides from the flags.
 

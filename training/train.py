@@ -27,7 +27,7 @@ from training import losses
 from training.augment import AugmentConfig
 from training.config import JobConfig, TrainConfig, load_job_config
 from training.data import Collator, EditIndex, TokenizedCorpus, continuation_mask, step_batches
-from training.model import CNNEncoder, ModelConfig, WithPositions
+from training.model import CNNEncoder, WithPositions, changed_model_fields
 from training.publish import publish
 from training.stages import (
     Dist,
@@ -299,13 +299,7 @@ def restore(
     if not path.exists():
         return 0
     ckpt = torch.load(path, weights_only=False)
-    # Rebuilt as load_model does: keys the checkpoint predates take ModelConfig's defaults.
-    saved = ModelConfig(**ckpt["config"]["model"])
-    changed = [
-        f.name
-        for f in dataclasses.fields(ModelConfig)
-        if getattr(saved, f.name) != getattr(job.model, f.name)
-    ]
+    changed = changed_model_fields(ckpt["config"]["model"], job.model)
     if changed:
         raise SystemExit(
             f"{path}: checkpoint of another model ([model] {', '.join(changed)} differ); "

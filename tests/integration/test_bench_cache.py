@@ -1,7 +1,7 @@
 """`streamrec-bench cache`: a cell warms a real server with the stream's first requests, then measures.
 
 Timing is not judged (the machine is shared); what must hold: the warm-up reached the server's cache
-and the hit ratio is the window's own, not the warm-up's."""
+and the hit ratio is the measured loop's, not the warm-up requests'."""
 
 from __future__ import annotations
 
