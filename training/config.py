@@ -74,6 +74,16 @@ class TrainConfig:
     # "shared": positions go through the embedding's own projection (no added parameter); "separate": a
     # training-only linear map of their own, dropped at export, so the term shapes the trunk only.
     token_head: str = "shared"
+    # Neighbour groups (training/neighbours.py): this fraction of each batch's texts is replaced by groups
+    # of `neighbour_group` texts from one cluster of the teacher's embeddings (spherical k-means, clusters
+    # of ~`neighbour_cluster_size` texts), so the relational terms see close pairs, not only random ones.
+    neighbour_fraction: float = 0.0
+    neighbour_group: int = 8
+    neighbour_cluster_size: int = 64
+    # Listwise term: KL between the teacher's and the student's in-batch neighbour distributions (softmax
+    # of the off-diagonal cosines / listwise_tau), which weighs each text's nearest pairs most. 0 = off.
+    w_listwise: float = 0.0
+    listwise_tau: float = 0.05
     # Augmentation of the student's input (teacher target stays the clean text's).
     p_augment: float = 0.5
     token_mask_rate: float = 0.1

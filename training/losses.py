@@ -33,6 +33,19 @@ def relational(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (diff[off] ** 2).mean()
 
 
+def listwise(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+    """Mean over rows of KL(teacher || student) between in-batch neighbour distributions: softmax over
+    the other rows of cosine / tau. Where the relational term weighs every pair alike, this one weighs
+    a text's nearest pairs most (at tau 0.05 a pair 0.15 closer counts e^3 = 20x more)."""
+    s = F.normalize(student, dim=1)
+    t = F.normalize(teacher, dim=1)
+    eye = torch.eye(len(s), dtype=torch.bool, device=s.device)
+    log_s = F.log_softmax((s @ s.T / tau).masked_fill(eye, float("-inf")), dim=1)
+    log_t = F.log_softmax((t @ t.T / tau).masked_fill(eye, float("-inf")), dim=1)
+    kl = log_t.exp() * (log_t - log_s)
+    return kl.masked_fill(eye, 0.0).sum(dim=1).mean()
+
+
 def pair_cosine(
     student: torch.Tensor, teacher: torch.Tensor, left: torch.Tensor, right: torch.Tensor
 ) -> torch.Tensor:

@@ -28,6 +28,7 @@ from training.augment import AugmentConfig
 from training.config import JobConfig, TrainConfig, load_job_config
 from training.data import Collator, EditIndex, TokenizedCorpus, continuation_mask, step_batches
 from training.model import CNNEncoder, WithPositions, changed_model_fields
+from training.neighbours import NeighbourGroups, neighbour_groups
 from training.publish import publish
 from training.stages import (
     Dist,
@@ -120,6 +121,7 @@ class TrainData:
     positions: PositionTargets | None = None  # per-token targets of `corpus`, when w_token > 0
     edit_positions: PositionTargets | None = None
     gold: GoldPairs | None = None  # STS-B train pairs, when w_sts > 0
+    neighbours: NeighbourGroups | None = None  # clusters of the train targets, when neighbour_fraction > 0
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,9 @@ class Batch:
     positions: tuple[torch.Tensor, torch.Tensor] | None = None
     # Gold scores of the STS-B pairs appended after the teacher-labelled rows (left, right, left, ...).
     gold: torch.Tensor | None = None
+    # Rows in length order, padded in chunks ((ids, mask, rows) each), when the batch mixes lengths
+    # (neighbour groups): the encoder is padding-independent, so this only saves padded positions.
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
 
 def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: Dist) -> CNNEncoder:
@@ -197,6 +202,20 @@ def train(job: JobConfig, data: TrainData, ev: tuple[list[str], np.ndarray], d: 
     return model
 
 
+LENGTH_CHUNK = 64  # rows per padded chunk of a mixed-length (neighbour-group) batch
+
+
+def with_neighbours(
+    idx: np.ndarray, groups: NeighbourGroups, t: TrainConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """The batch `idx` with its last ~neighbour_fraction of texts replaced by neighbour groups."""
+    n_groups = round(len(idx) * t.neighbour_fraction / t.neighbour_group)
+    if n_groups <= 0:
+        return idx
+    keep = len(idx) - n_groups * t.neighbour_group
+    return np.concatenate([idx[:keep], groups.draw(rng, n_groups, t.neighbour_group)])
+
+
 def _training_view(model: CNNEncoder, t: TrainConfig, data: TrainData) -> torch.nn.Module:
     """The module the loop trains: the encoder, or its per-position view when w_token > 0."""
     if t.w_token <= 0:
@@ -211,7 +230,12 @@ def _training_view(model: CNNEncoder, t: TrainConfig, data: TrainData) -> torch.
 def _step_loss(
     net: torch.nn.Module, batch: Batch, t: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    out = net(torch.from_numpy(batch.ids), torch.from_numpy(batch.mask))
+    if batch.chunks is not None:
+        rows = np.concatenate([r for _, _, r in batch.chunks])
+        parts_out = [net(torch.from_numpy(i), torch.from_numpy(m)) for i, m, _ in batch.chunks]
+        out = torch.cat(parts_out)[torch.from_numpy(np.argsort(rows))]
+    else:
+        out = net(torch.from_numpy(batch.ids), torch.from_numpy(batch.mask))
     student, per_position = out if t.w_token > 0 else (out, None)
     n = len(batch.teacher)  # the rows after these are gold pairs, which have no teacher target
     loss, parts = distill_loss(student[:n], batch.teacher, batch.pairs, t)
@@ -235,6 +259,8 @@ def _batch(
 ) -> Batch:
     """One step's inputs: the texts `idx` (augmented) then the edits of some of them (never augmented:
     an edit's words are its meaning), the teacher rows of both, and (parent row, edit row) pairs."""
+    if data.neighbours is not None:
+        idx = with_neighbours(idx, data.neighbours, job.train, rng)
     seqs = collate.seqs(data.corpus, idx, rng)
     teacher = _rows(data.targets, idx)
     parent_rows = edit_rows = torch.zeros(0, dtype=torch.long)
@@ -253,6 +279,10 @@ def _batch(
         gold = torch.from_numpy(data.gold.scores[k])
     ids, mask = collate.pad(seqs)
     batch = Batch(ids, mask, teacher, (parent_rows, edit_rows), gold=gold)
+    if data.neighbours is not None:
+        order = np.argsort([len(q) for q in seqs], kind="stable")
+        chunks = [order[a : a + LENGTH_CHUNK] for a in range(0, len(order), LENGTH_CHUNK)]
+        batch = dataclasses.replace(batch, chunks=[(*collate.pad([seqs[i] for i in c]), c) for c in chunks])
     if data.positions is None:  # built only when train.w_token > 0
         return batch
     width = ids.shape[1]
@@ -277,6 +307,9 @@ def distill_loss(
         "mse": losses.mse_loss(student, teacher),
     }
     weights = {"cos": t.w_cos, "infonce": t.w_infonce, "rel": t.w_relational, "mse": t.w_mse}
+    if t.w_listwise > 0:
+        parts["list"] = losses.listwise(student, teacher, t.listwise_tau)
+        weights["list"] = t.w_listwise
     if t.w_pair > 0 and len(pairs[0]):
         parts["pair"] = losses.pair_cosine(student, teacher, *pairs)
         weights["pair"] = t.w_pair
@@ -378,6 +411,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = _train_data(job, train_texts, edits, targets, d)
     if job.train.w_sts > 0:
         data = dataclasses.replace(data, gold=stage_gold_pairs(job, d))
+    if job.train.neighbour_fraction > 0:
+        t = job.train
+        if t.w_token > 0:
+            raise SystemExit(
+                "train.neighbour_fraction and train.w_token cannot be combined (chunked batches)"
+            )
+        cache = job.run_dir / f"neighbours-{t.neighbour_cluster_size}-{t.seed}.npy"
+        clusters = neighbour_groups(data.targets, t.neighbour_cluster_size, t.seed, cache)
+        data = dataclasses.replace(data, neighbours=clusters)
     model = train(job, data, (ev_texts, targets["heldout"]), d)
     if d.main and args.stop_after != "train":
         out_dir = Path(args.out_dir or job.export.out_dir)
