@@ -33,6 +33,12 @@ ZIPF_S = 1.1
 # that has been up a while has it, not empty. A fixed count, not a time: how warm the cache gets in a
 # timed warm-up would depend on the machine's speed. 3,000 x 32 = 96,000 draws, about the catalogue's size.
 WARM_REQUESTS = 3000
+# Off/on pairs per stream, in ABBA order (off, on, on, off, ...): on this shared 2-core machine the same
+# uncached cell moves 20-40% between runs minutes apart, so one off cell against one on cell measures the
+# drift as much as the cache (no repeats, 2026-12-04: on/off 0.89, 0.95 and 1.09 in three pairs).
+ROUNDS = 2
+# Per-cell figures averaged over the rounds; the rest (latency quantiles, counters) are the last round's.
+_AVERAGED = ("items_per_s", "requests_per_s", "cpu_ms_per_item", "client_cpu_ms_per_item", "hit_ratio")
 
 
 def catalogue(distinct: int, apt_lists: Path = APT_LISTS) -> list[str]:
@@ -73,11 +79,18 @@ def _cache_counts(metrics_url: str) -> dict[str, float]:
 
 
 def _cell(
-    bundle: Path, requests: list[list[str]], callers: int, window: Window, *, cache_mb: float, warm: int
+    bundle: Path,
+    requests: list[list[str]],
+    callers: int,
+    window: Window,
+    *,
+    cache_mb: float,
+    warm: int,
+    rpc: str = "unary",
 ) -> dict[str, Any]:
     """One fresh server: the stream's first `warm` requests sent once (not measured), then the rest
-    measured; the hit ratio is the closed loop's (its own warm-up second and window), not the warm-up
-    requests' (counters read before and after the loop)."""
+    measured (`rpc`: unary calls, or one EmbedStream per caller); the hit ratio is the closed loop's (its
+    own warm-up second and window), not the warm-up requests' (counters read before and after the loop)."""
     port = _free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
     with (
@@ -89,7 +102,7 @@ def _cell(
             raise RuntimeError(f"{warm_errors} of {warm} warm-up requests failed")
         before = _cache_counts(metrics)
         result = closed_loop(
-            server.address, requests[warm:], callers, window, cpu_pid=server.proc.pid
+            server.address, requests[warm:], callers, window, cpu_pid=server.proc.pid, rpc=rpc
         ).to_dict()
         counts = _cache_counts(metrics)
         peak = server.peak_rss_mb
@@ -98,6 +111,7 @@ def _cell(
     return {
         **result,
         "cache_mb": cache_mb,
+        "rpc": rpc,
         "warm_requests": warm,
         "warm_errors": warm_errors,
         "hit_ratio": hits / (hits + misses) if hits + misses else None,
@@ -114,19 +128,32 @@ def run_cache_bench(
     distinct: int = 100_000,
     cache_mb: float = 256.0,
     warm_requests: int = WARM_REQUESTS,
+    rounds: int = ROUNDS,
 ) -> dict[str, Any]:
     """Both streams, each without and with the cache (one fresh server per cell), measured after the
-    stream's first `warm_requests` requests (0 = from an empty cache)."""
+    stream's first `warm_requests` requests (0 = from an empty cache), with unary calls; then the Zipf
+    stream again with each caller sending on one EmbedStream ("zipf-stream"): the same concurrency
+    without gRPC's per-call cost, which cached requests otherwise spend most of their time in."""
     items = catalogue(distinct)
     # Enough texts that a stream does not wrap round within a cell below ~20k items/s (warm-up included).
     n = 32 * warm_requests + min(400_000, int(20_000 * (4 * seconds + 2)))
     streams = {"zipf": zipf_stream(items, n), "unique": unique_stream(items, n)}
     window = Window(seconds, warmup_s=1.0, min_requests=20, max_seconds=4 * seconds)
     cells: dict[str, dict[str, Any]] = {}
-    for name, texts in streams.items():
+    for name, texts, rpc in (
+        ("zipf", streams["zipf"], "unary"),
+        ("unique", streams["unique"], "unary"),
+        ("zipf-stream", streams["zipf"], "stream"),
+    ):
         requests = requests_of(texts, 32)
-        off = _cell(bundle, requests, callers, window, cache_mb=0.0, warm=warm_requests)
-        on = _cell(bundle, requests, callers, window, cache_mb=cache_mb, warm=warm_requests)
+        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for r in range(rounds):
+            for state in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                mb = cache_mb if state == "on" else 0.0
+                runs[state].append(
+                    _cell(bundle, requests, callers, window, cache_mb=mb, warm=warm_requests, rpc=rpc)
+                )
+        off, on = _averaged(runs["off"]), _averaged(runs["on"])
         cells[name] = {"off": off, "on": on, "speedup": on["items_per_s"] / off["items_per_s"]}
     return {
         "environment": environment.describe(),
@@ -134,15 +161,28 @@ def run_cache_bench(
         "zipf_s": ZIPF_S,
         "callers": callers,
         "warm_requests": warm_requests,
+        "rounds": rounds,
         "cells": cells,
     }
+
+
+def _averaged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell's rounds as one: `_AVERAGED` figures averaged (each round's items/s kept), peak RSS the
+    highest, everything else the last round's."""
+    out = {**runs[-1], "items_per_s_rounds": [c["items_per_s"] for c in runs]}
+    for key in _AVERAGED:
+        values = [c[key] for c in runs if c[key] is not None]
+        out[key] = sum(values) / len(values) if values else None
+    out["peak_rss_mb"] = max(c["peak_rss_mb"] for c in runs)
+    return out
 
 
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [
         f"{report['callers']} callers; Zipf s={report['zipf_s']} over {report['distinct_items']:,} items; "
-        f"measured after {report.get('warm_requests', 0):,} requests of each stream. "
+        f"measured after {report.get('warm_requests', 0):,} requests of each stream; "
+        f"{report.get('rounds', 1)} interleaved round(s) per cell, averaged. "
         f"CPU: {env['cpu_model']}, {', '.join(env['cpu_flags']) or 'no AVX flags'}.",
         "",
         "| stream | cache | items/s | server CPU ms/item | hit ratio | cache MiB | peak RSS MB |",
@@ -166,5 +206,9 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cols) + " |")
     lines.append("")
     for name, cell in report["cells"].items():
-        lines.append(f"- {name}: with ÷ without the cache = {cell['speedup']:.2f}x")
+        per_round = ""
+        if len(cell["on"].get("items_per_s_rounds", [])) > 1:
+            pairs = zip(cell["on"]["items_per_s_rounds"], cell["off"]["items_per_s_rounds"], strict=True)
+            per_round = " (rounds: " + ", ".join(f"{a / b:.2f}x" for a, b in pairs) + ")"
+        lines.append(f"- {name}: with ÷ without the cache = {cell['speedup']:.2f}x{per_round}")
     return "\n".join(lines)

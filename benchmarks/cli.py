@@ -173,10 +173,13 @@ def _add_overhead(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    from benchmarks.cache_bench import WARM_REQUESTS, markdown, run_cache_bench
+    from benchmarks.cache_bench import ROUNDS, WARM_REQUESTS, markdown, run_cache_bench
 
     if args.warm_requests is not None and args.warm_requests < 0:
         print(f"--warm-requests must be >= 0 (got {args.warm_requests})", file=sys.stderr)
+        return 2
+    if args.rounds is not None and args.rounds < 1:
+        print(f"--rounds must be >= 1 (got {args.rounds})", file=sys.stderr)
         return 2
     report = run_cache_bench(
         Path(args.bundle),
@@ -185,6 +188,7 @@ def _run_cache(args: argparse.Namespace) -> int:
         distinct=args.distinct,
         cache_mb=args.cache_mb,
         warm_requests=WARM_REQUESTS if args.warm_requests is None else args.warm_requests,
+        rounds=ROUNDS if args.rounds is None else args.rounds,
     )
     _write_out(args, report)
     print(markdown(report))
@@ -208,6 +212,13 @@ def _add_cache(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="requests of each stream answered before the window, not measured (default: "
         "benchmarks/cache_bench.py's WARM_REQUESTS, ~the catalogue's size in items; 0 = an empty cache)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="off/on pairs per stream, interleaved (off, on, on, off, ...) and averaged (default: "
+        "benchmarks/cache_bench.py's ROUNDS)",
     )
     p.add_argument("--out", help="also write the JSON report here")
     p.set_defaults(run=_run_cache)

@@ -52,8 +52,19 @@ def _cache(r: dict[str, Any]) -> list[str]:
         f"{rate(zipf['on']['items_per_s'])} items/s cached vs "
         f"{rate(zipf['off']['items_per_s'])}, hit ratio {num(zipf['on']['hit_ratio'], '.2f')} | "
         f"{ratio_text(zipf['speedup'])} on Zipf (wanted >= 3x); no repeats: "
-        f"{ratio_text(unique['speedup'])} (wanted >= 0.95x) |",
+        f"{ratio_text(unique['speedup'])} (wanted >= 0.95x)" + _stream_cell(r) + " |",
     ]
+
+
+def _stream_cell(r: dict[str, Any]) -> str:
+    """The Zipf cells again over EmbedStream (one stream per caller), when the run has them."""
+    cell = r["cells"].get("zipf-stream")
+    if cell is None:
+        return ""
+    return (
+        f"; Zipf over EmbedStream: {rate(cell['on']['items_per_s'])} vs "
+        f"{rate(cell['off']['items_per_s'])} items/s, {ratio_text(cell['speedup'])}"
+    )
 
 
 def _infinity(r: dict[str, Any]) -> list[str]:

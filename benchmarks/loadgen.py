@@ -263,6 +263,9 @@ def wait_idle(pid: int, busy_below: float = 0.15, step_s: float = 0.1, max_s: fl
         last = now
 
 
+RPCS = ("unary", "stream")
+
+
 async def _closed_loop(
     address: str,
     requests: Sequence[list[str]],
@@ -271,20 +274,46 @@ async def _closed_loop(
     *,
     cpu_pid: int | None,
     model: str,
+    rpc: str,
 ) -> LoadResult:
+    if rpc not in RPCS:
+        raise ValueError(f"rpc must be one of {RPCS}, got {rpc!r}")
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
         messages = [pb.EmbedRequest(texts=texts, model=model) for texts in requests]
         server_us: list[int] = []
+        streams: dict[int, Any] = {}  # caller -> its EmbedStream call (rpc "stream")
+
+        async def send(k: int) -> pb.EmbedResponse:
+            message = messages[k % len(messages)]
+            if rpc == "unary":
+                return await stub.Embed(message, timeout=60)
+            # One stream per caller, one request in flight on it: the same concurrency as unary calls,
+            # without a new RPC per request. k runs i, i + concurrency, ... for caller i.
+            call = streams.get(k % concurrency)
+            if call is None:
+                call = streams[k % concurrency] = stub.EmbedStream()
+            await call.write(message)
+            return await call.read()
 
         async def call(k: int) -> int:
-            resp = await stub.Embed(messages[k % len(messages)], timeout=60)
+            resp = await send(k)
             np.frombuffer(resp.embeddings, dtype="<f4")  # what a real caller does with the bytes
             if resp.timing.total_us:
                 server_us.append(resp.timing.total_us)
             return int(resp.count)
 
-        result = await run_closed(call, concurrency, window, cpu_pid=cpu_pid)
+        try:
+            result = await run_closed(
+                call,
+                concurrency,
+                window,
+                cpu_pid=cpu_pid,
+                mode="closed" if rpc == "unary" else "closed-stream",
+            )
+        finally:
+            for stream in streams.values():
+                stream.cancel()
         if server_us:
             result = replace(result, server_p50_ms=round(float(np.median(server_us)) / 1000.0, 3))
         return result
@@ -298,13 +327,18 @@ def closed_loop(
     *,
     cpu_pid: int | None = None,
     model: str = "",
+    rpc: str = "unary",
 ) -> LoadResult:
     """`concurrency` gRPC callers, each sending its next request as soon as the last one returns.
 
     `cpu_pid` (the server's pid): report its CPU ms per item and wait for it to go idle afterwards.
-    `model`: EmbedRequest.model ("" = the server's default model).
+    `model`: EmbedRequest.model ("" = the server's default model). `rpc`: "unary" (one `Embed` call per
+    request) or "stream" (each caller keeps one `EmbedStream` open and sends its requests on it, one
+    at a time).
     """
-    return asyncio.run(_closed_loop(address, requests, concurrency, window, cpu_pid=cpu_pid, model=model))
+    return asyncio.run(
+        _closed_loop(address, requests, concurrency, window, cpu_pid=cpu_pid, model=model, rpc=rpc)
+    )
 
 
 async def _open_loop(

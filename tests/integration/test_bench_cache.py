@@ -28,3 +28,10 @@ def test_a_warmed_cell_counts_only_the_windows_hits(bundle: Bundle) -> None:
     assert cold["cache"]["misses"] == 40 and 0.0 < cold["hit_ratio"] < 1.0  # its first round missed
     off = _cell(Path(bundle.path), requests, 2, window, cache_mb=0.0, warm=10)
     assert off["hit_ratio"] is None and off["items_per_s"] > 0
+    # The same over one EmbedStream per caller: every request answered on it, the window all hits.
+    streamed = _cell(Path(bundle.path), requests, 2, window, cache_mb=16.0, warm=10, rpc="stream")
+    assert streamed["mode"] == "closed-stream" and streamed["rpc"] == "stream"
+    assert streamed["errors"] == 0 and streamed["requests"] >= 5 and streamed["hit_ratio"] == 1.0
+    assert streamed["items"] == 4 * streamed["requests"]
+    with pytest.raises(ValueError, match="rpc must be one of"):
+        _cell(Path(bundle.path), requests, 2, window, cache_mb=0.0, warm=0, rpc="bidi")
