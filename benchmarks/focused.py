@@ -48,7 +48,8 @@ def _cache(r: dict[str, Any]) -> list[str]:
     zipf, unique = r["cells"]["zipf"], r["cells"]["unique"]
     return [
         f"| embedding cache (`cache`, {r['callers']} callers, Zipf {r['zipf_s']} over "
-        f"{r['distinct_items']:,} items, after {r.get('warm_requests', 0):,} warm-up requests) | Zipf: "
+        f"{r['distinct_items']:,} items, after {r.get('warm_requests', 0):,} warm-up requests, "
+        f"{r.get('rounds', 1)} interleaved round(s)) | Zipf: "
         f"{rate(zipf['on']['items_per_s'])} items/s cached vs "
         f"{rate(zipf['off']['items_per_s'])}, hit ratio {num(zipf['on']['hit_ratio'], '.2f')} | "
         f"{ratio_text(zipf['speedup'])} on Zipf (wanted >= 3x); no repeats: "
@@ -95,14 +96,31 @@ def _mixed_attack(r: dict[str, Any]) -> list[str]:
 ROWS = {"overhead": _overhead, "cache": _cache, "infinity": _infinity, "mixed_attack": _mixed_attack}
 
 
+def _commit(report: dict[str, Any]) -> str:
+    return str(report.get("environment", {}).get("git", {}).get("commit", ""))[:7]
+
+
+def _later(run_dir: Path, found: dict[str, dict[str, Any]]) -> str:
+    """ ", `cache` re-run at <commit>" for the focused runs made at another commit than the suite's."""
+    path = run_dir / "results.json"
+    suite = _commit(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else ""
+    again = [
+        f"`{name}` re-run at {_commit(r)}"
+        for name, r in found.items()
+        if suite and _commit(r) not in ("", suite)
+    ]
+    return "".join(", " + text for text in again)
+
+
 def snippet_lines(run_dir: Path) -> list[str]:
     """The focused runs' table for the README ([] when none was saved with the run)."""
     found = load(run_dir)
     if not found:
         return []
     lines = [
-        "Focused runs saved with it (same machine, one after another; "
-        "[docs/benchmarks.md](docs/benchmarks.md) says how each is measured):",
+        "Focused runs saved with it (same machine, one after another"
+        + _later(run_dir, found)
+        + "; [docs/benchmarks.md](docs/benchmarks.md) says how each is measured):",
         "",
         "| run | measured | against the issue's target |",
         "|---|---|---|",
