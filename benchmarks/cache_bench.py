@@ -167,13 +167,15 @@ def run_cache_bench(
 
 
 def _averaged(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One cell's rounds as one: `_AVERAGED` figures averaged (each round's items/s kept), peak RSS the
-    highest, everything else the last round's."""
+    """One cell's rounds as one: `_AVERAGED` figures averaged (each round's items/s kept), counts summed,
+    peak RSS the highest, everything else the last round's."""
     out = {**runs[-1], "items_per_s_rounds": [c["items_per_s"] for c in runs]}
     for key in _AVERAGED:
         values = [c[key] for c in runs if c[key] is not None]
         out[key] = sum(values) / len(values) if values else None
     out["peak_rss_mb"] = max(c["peak_rss_mb"] for c in runs)
+    for key in ("errors", "requests", "items", "warm_errors"):  # counts: over every round
+        out[key] = sum(c.get(key, 0) for c in runs)
     return out
 
 
@@ -209,6 +211,6 @@ def markdown(report: dict[str, Any]) -> str:
         per_round = ""
         if len(cell["on"].get("items_per_s_rounds", [])) > 1:
             pairs = zip(cell["on"]["items_per_s_rounds"], cell["off"]["items_per_s_rounds"], strict=True)
-            per_round = " (rounds: " + ", ".join(f"{a / b:.2f}x" for a, b in pairs) + ")"
+            per_round = " (rounds: " + ", ".join(f"{a / b:.2f}x" if b else "n/a" for a, b in pairs) + ")"
         lines.append(f"- {name}: with ÷ without the cache = {cell['speedup']:.2f}x{per_round}")
     return "\n".join(lines)

@@ -290,11 +290,21 @@ async def _closed_loop(
                 return await stub.Embed(message, timeout=60)
             # One stream per caller, one request in flight on it: the same concurrency as unary calls,
             # without a new RPC per request. k runs i, i + concurrency, ... for caller i.
-            call = streams.get(k % concurrency)
+            caller = k % concurrency
+            call = streams.get(caller)
             if call is None:
-                call = streams[k % concurrency] = stub.EmbedStream()
-            await call.write(message)
-            return await call.read()
+                call = streams[caller] = stub.EmbedStream()
+            try:
+                await call.write(message)
+                resp = await call.read()
+                if resp is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    raise RuntimeError("the server ended the stream")
+            except BaseException:  # a broken stream is never reused: the caller's next request opens one
+                streams.pop(caller).cancel()
+                raise
+            if resp.HasField("error"):  # EmbedStream reports a failed message in-band; the stream goes on
+                raise RuntimeError(f"stream message failed: {resp.error.message}")
+            return resp
 
         async def call(k: int) -> int:
             resp = await send(k)

@@ -26,6 +26,7 @@ def spherical_kmeans(
     if not 1 <= n_clusters <= n:
         raise ValueError(f"n_clusters must be in 1..{n}, got {n_clusters}")
     gen = torch.Generator().manual_seed(seed)
+    chunk = min(chunk, max(1024, 2**26 // n_clusters))  # the [chunk, n_clusters] scores stay <= 256 MB
 
     def rows(a: int, b: int) -> torch.Tensor:
         return F.normalize(torch.from_numpy(np.asarray(vectors[a:b], np.float32)), dim=1)

@@ -134,8 +134,10 @@ class Batch:
     positions: tuple[torch.Tensor, torch.Tensor] | None = None
     # Gold scores of the STS-B pairs appended after the teacher-labelled rows (left, right, left, ...).
     gold: torch.Tensor | None = None
-    # Rows in length order, padded in chunks ((ids, mask, rows) each), when the batch mixes lengths
-    # (neighbour groups): the encoder is padding-independent, so this only saves padded positions.
+    # Rows in length order, padded in chunks ((ids, mask, rows) each, the chunks in random order), when the
+    # batch mixes lengths (neighbour groups). In eval mode the encoder is padding-independent, so a chunk's
+    # rows come out as in one batch; in training BatchNorm takes each chunk's statistics, as it takes each
+    # length-bucketed batch's without neighbour groups.
     chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
 
@@ -209,11 +211,13 @@ def with_neighbours(
     idx: np.ndarray, groups: NeighbourGroups, t: TrainConfig, rng: np.random.Generator
 ) -> np.ndarray:
     """The batch `idx` with its last ~neighbour_fraction of texts replaced by neighbour groups."""
-    n_groups = round(len(idx) * t.neighbour_fraction / t.neighbour_group)
+    n_groups = min(round(len(idx) * t.neighbour_fraction / t.neighbour_group), len(idx) // t.neighbour_group)
     if n_groups <= 0:
         return idx
     keep = len(idx) - n_groups * t.neighbour_group
-    return np.concatenate([idx[:keep], groups.draw(rng, n_groups, t.neighbour_group)])
+    # A random subset stays (the plan's batches are sorted by length: the tail would always be the longest).
+    kept = np.sort(rng.choice(len(idx), keep, replace=False))
+    return np.concatenate([idx[kept], groups.draw(rng, n_groups, t.neighbour_group)])
 
 
 def _training_view(model: CNNEncoder, t: TrainConfig, data: TrainData) -> torch.nn.Module:
@@ -281,7 +285,8 @@ def _batch(
     batch = Batch(ids, mask, teacher, (parent_rows, edit_rows), gold=gold)
     if data.neighbours is not None:
         order = np.argsort([len(q) for q in seqs], kind="stable")
-        chunks = [order[a : a + LENGTH_CHUNK] for a in range(0, len(order), LENGTH_CHUNK)]
+        chunks = np.array_split(order, -(-len(order) // LENGTH_CHUNK))  # even sizes, none above LENGTH_CHUNK
+        chunks = [chunks[k] for k in rng.permutation(len(chunks))]
         batch = dataclasses.replace(batch, chunks=[(*collate.pad([seqs[i] for i in c]), c) for c in chunks])
     if data.positions is None:  # built only when train.w_token > 0
         return batch
@@ -413,10 +418,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = dataclasses.replace(data, gold=stage_gold_pairs(job, d))
     if job.train.neighbour_fraction > 0:
         t = job.train
-        if t.w_token > 0:
+        if t.w_token > 0 or d.world > 1:
             raise SystemExit(
-                "train.neighbour_fraction and train.w_token cannot be combined (chunked batches)"
+                "train.neighbour_fraction needs one process and train.w_token 0 (chunked batches: a "
+                "varying number of forward passes per step)"
             )
+        if not 0 < t.neighbour_fraction <= 1:
+            raise SystemExit(f"train.neighbour_fraction must be in (0, 1], got {t.neighbour_fraction}")
         cache = job.run_dir / f"neighbours-{t.neighbour_cluster_size}-{t.seed}.npy"
         clusters = neighbour_groups(data.targets, t.neighbour_cluster_size, t.seed, cache)
         data = dataclasses.replace(data, neighbours=clusters)

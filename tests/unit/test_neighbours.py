@@ -57,8 +57,12 @@ def test_with_neighbours_replaces_the_batch_tail_and_keeps_its_size() -> None:
     t = TrainConfig(neighbour_fraction=0.5, neighbour_group=8)
     out = with_neighbours(idx, groups, t, np.random.default_rng(0))
     assert len(out) == 64
-    assert (out[:32] == idx[:32]).all()
+    assert set(out[:32]) <= set(idx) and len(set(out[:32])) == 32
+    assert not (out[:32] == idx[:32]).all()  # a random half stays, not the plan's (shortest) first half
     assert (out[32:] < 200).all()
+    # However the fraction rounds, a batch never grows.
+    whole = TrainConfig(neighbour_fraction=1.0, neighbour_group=8)
+    assert len(with_neighbours(np.arange(1000, 1252), groups, whole, np.random.default_rng(0))) == 252
     t0 = TrainConfig(neighbour_fraction=0.01, neighbour_group=8)
     assert (with_neighbours(idx, groups, t0, np.random.default_rng(0)) == idx).all()
 
