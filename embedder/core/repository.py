@@ -14,6 +14,7 @@ start and again on SIGHUP or the ReloadModels RPC (`ModelRegistry.sync`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ DEFAULT_FILE = "default"
 MAX_MODEL_SPEC_CHARS = 256
 
 
+@functools.lru_cache(maxsize=1024)  # called on every request (the default version); versions are few
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Order versions as people do: "10" after "9", "1.10.0" after "1.9.2"; numbers before words."""
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-+_]", version))
