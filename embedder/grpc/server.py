@@ -162,6 +162,20 @@ def _not_serving_callback(health_servicer: Any, healthy: list[bool]) -> Callable
     return callback
 
 
+def _metrics_endpoint(metrics: Metrics, config: ServerConfig) -> int | None:
+    """Serve /metrics on `metrics_port` (-1 = none); a port in use is a one-line start-up error."""
+    if config.metrics_port < 0:
+        return None
+    try:
+        return metrics.start_http(config.metrics_host, config.metrics_port)
+    except OSError as exc:
+        where = f"{config.metrics_host}:{config.metrics_port}"
+        raise ConfigError(
+            f"cannot bind the metrics endpoint to {where}: {exc.strerror or exc} "
+            "(set metrics_port to a free port, 0 for any, or -1 for none)"
+        ) from None
+
+
 async def _http_front(
     config: ServerConfig,
     registry: ModelRegistry[ServedModel],
@@ -280,16 +294,18 @@ async def create_server(
     add_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    http: HttpFront | None = None
     try:
         port = _bind(server, config, credentials)
         http = await _http_front(config, registry, metrics, gate, healthy)
-    except ConfigError:
+        metrics_port = _metrics_endpoint(metrics, config)
+    except ConfigError:  # a port taken: one line, and nothing left running (or for gRPC's finalizer)
+        if http is not None:
+            await http.stop()
+        await server.stop(None)
         await registry.close()
         raise
     await server.start()
-    metrics_port = (
-        metrics.start_http(config.metrics_host, config.metrics_port) if config.metrics_port >= 0 else None
-    )
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,3 +134,27 @@ def test_bad_bundle_exits_non_zero_with_one_line_within_1s(
         assert wall_s < cli_start_s + START_UP_BUDGET_S, (
             f"{case}: {wall_s:.2f}s wall, start-up {cli_start_s:.2f}s"
         )
+
+
+@pytest.mark.parametrize("which", ["grpc", "metrics", "http"])
+def test_a_taken_port_exits_with_one_line_and_no_traceback(bundle: Bundle, which: str) -> None:
+    """A port already in use (a second `make run`, another exporter on 9000) stops start-up with the
+    CLI's one-line error naming the port, not a traceback, and leaves nothing behind to complain at exit
+    (gRPC's finalizer used to log "Event loop is closed" when the metrics port was taken)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy_port = str(taken.getsockname()[1])
+        ports = {"grpc": "0", "metrics": "-1", "http": "-1"}
+        ports[which] = busy_port
+        code, lines, _wall, _cpu = run_cli(
+            "serve", "--bundle", str(bundle.path), "--host", "127.0.0.1", "--port", ports["grpc"],
+            "--metrics-port", ports["metrics"], "--metrics-host", "127.0.0.1",
+            "--http-port", ports["http"], "--http-host", "127.0.0.1",
+        )  # fmt: skip
+    print(f"\n{which}: exit {code}: {lines}")
+    assert code == 1
+    errors = [line for line in lines if line.startswith("streamrec-embedder: error: ")]
+    assert len(errors) == 1 and "cannot bind" in errors[0] and busy_port in errors[0], lines
+    assert lines[-1] == errors[0], lines
+    assert not any("Traceback" in line or "Event loop is closed" in line for line in lines), lines
