@@ -53,7 +53,7 @@ CONFIG_HELP: dict[str, str] = {
     "bulk_min_chars": "A request tokenizing at least this many characters is bulk: tokenized and run on "
     "lower-priority threads, so interactive calls keep their latency (0 = no lanes).",
     "inference_timeout_s": "A batch running longer fails its callers and its worker is replaced.",
-    "log_level": "DEBUG, INFO, WARNING or ERROR.",
+    "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).",
     "embedding_cache_mb": "MiB of embeddings cached per server, LRU-evicted (default 64; 0 = no cache).",
     "malloc_arenas": "glibc malloc arenas (M_ARENA_MAX) for the server: fewer keep its memory from "
     "growing after bursts of long texts (default 2; 0 = glibc's default).",

@@ -174,6 +174,8 @@ class ServerConfig:
             raise ConfigError(f"min_padding_efficiency must be in [0, 1) (got {self.min_padding_efficiency})")
         if self.inference_timeout_s <= 0:
             raise ConfigError(f"inference_timeout_s must be > 0 (got {self.inference_timeout_s})")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)} (got {self.log_level!r})")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("tls_cert_file and tls_key_file must be given together")
         if self.tls_client_ca_file and not self.tls_cert_file:
@@ -184,6 +186,9 @@ class ServerConfig:
                 f"({self.max_queued_items}), or a full request could never be queued"
             )
         return self
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # any case
 
 
 def field_names() -> list[str]:

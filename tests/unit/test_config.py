@@ -43,6 +43,7 @@ def test_bad_env_value_names_the_variable() -> None:
         ({"max_wait_ms": -1.0}, "max_wait_ms"),
         ({"port": 70000}, "port"),
         ({"max_texts_per_request": 100, "max_queued_items": 10}, "max_texts_per_request"),
+        ({"log_level": "LOUD"}, "log_level"),  # was logging's ValueError traceback at start
     ],
 )
 def test_invalid_values_are_refused(flags: dict[str, object], field: str) -> None:
@@ -58,3 +59,7 @@ def test_unknown_flag_is_refused() -> None:
 def test_workers_zero_means_one_per_core() -> None:
     assert ServerConfig(workers=0).resolved_workers() >= 1
     assert ServerConfig(workers=3).resolved_workers() == 3
+
+
+def test_log_level_takes_any_case() -> None:
+    assert load_config({"log_level": "warning"}, env={}).log_level == "warning"
