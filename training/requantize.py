@@ -13,7 +13,7 @@ each variant's speed and STS-B dev, the version it came from) in `source`.
 
     git archive 899553d models/streamrec-cnn-v2 | tar -x -C /tmp     # v2.1 as exported: 2.1.0, fp32
     python -m training.requantize --config training/configs/cnn5m-v2.toml \
-        --bundle /tmp/models/streamrec-cnn-v2 --out-dir models/streamrec-cnn-v2   # what made 2.1.1
+        --bundle /tmp/models/streamrec-cnn-v2 --out-dir /tmp/v2.1.1   # what made 2.1.1
 
 (The committed default is already int8-pointwise, so it is refused as a starting point.)
 
