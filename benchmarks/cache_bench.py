@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import environment
 from benchmarks.inputs import APT_LISTS, item_texts, requests_of
-from benchmarks.loadgen import Window, closed_loop, send_each_once
+from benchmarks.loadgen import Window, closed_loop, connections_for, send_each_once
 from benchmarks.serving import rss_sampler, server_process
 
 ZIPF_S = 1.1
@@ -74,7 +74,9 @@ def _cache_counts(metrics_url: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name.startswith("streamrec_embedder_cache_"):
-            out[family.name.removeprefix("streamrec_embedder_cache_")] = family.samples[0].value
+            # Summed over the server's processes (one series each, `process` label) when it has several.
+            values = [s.value for s in family.samples if s.name in (family.name, family.name + "_total")]
+            out[family.name.removeprefix("streamrec_embedder_cache_")] = sum(values)
     return out
 
 
@@ -87,6 +89,8 @@ def _cell(
     cache_mb: float,
     warm: int,
     rpc: str = "unary",
+    processes: int = 1,
+    connections: int = 1,
 ) -> dict[str, Any]:
     """One fresh server: the stream's first `warm` requests sent once (not measured), then the rest
     measured (`rpc`: unary calls, or one EmbedStream per caller); the hit ratio is the closed loop's (its
@@ -94,15 +98,21 @@ def _cell(
     port = _free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
     with (
-        server_process(bundle, embedding_cache_mb=cache_mb, metrics_port=port) as server,
+        server_process(bundle, embedding_cache_mb=cache_mb, metrics_port=port, processes=processes) as server,
         rss_sampler(server),
     ):
-        warm_errors = send_each_once(server.address, requests[:warm], callers) if warm else 0
+        warm_errors = send_each_once(server.address, requests[:warm], callers, connections) if warm else 0
         if warm_errors:  # a cell measured from a colder cache than it says would mislead
             raise RuntimeError(f"{warm_errors} of {warm} warm-up requests failed")
         before = _cache_counts(metrics)
         result = closed_loop(
-            server.address, requests[warm:], callers, window, cpu_pid=server.proc.pid, rpc=rpc
+            server.address,
+            requests[warm:],
+            callers,
+            window,
+            cpu_pid=server.proc.pid,
+            rpc=rpc,
+            connections=connections,
         ).to_dict()
         counts = _cache_counts(metrics)
         peak = server.peak_rss_mb
@@ -129,11 +139,16 @@ def run_cache_bench(
     cache_mb: float = 256.0,
     warm_requests: int = WARM_REQUESTS,
     rounds: int = ROUNDS,
+    processes: int = 1,
+    connections: int = 0,
 ) -> dict[str, Any]:
     """Both streams, each without and with the cache (one fresh server per cell), measured after the
     stream's first `warm_requests` requests (0 = from an empty cache), with unary calls; then the Zipf
     stream again with each caller sending on one EmbedStream ("zipf-stream"): the same concurrency
-    without gRPC's per-call cost, which cached requests otherwise spend most of their time in."""
+    without gRPC's per-call cost, which cached requests otherwise spend most of their time in.
+    `processes`: the server's (`serve --processes`); `connections`: how many the callers share (0 =
+    `loadgen.connections_for`)."""
+    connections = connections or connections_for(processes, callers)
     items = catalogue(distinct)
     # Enough texts that a stream does not wrap round within a cell below ~20k items/s (warm-up included).
     n = 32 * warm_requests + min(400_000, int(20_000 * (4 * seconds + 2)))
@@ -151,7 +166,17 @@ def run_cache_bench(
             for state in ("off", "on") if r % 2 == 0 else ("on", "off"):
                 mb = cache_mb if state == "on" else 0.0
                 runs[state].append(
-                    _cell(bundle, requests, callers, window, cache_mb=mb, warm=warm_requests, rpc=rpc)
+                    _cell(
+                        bundle,
+                        requests,
+                        callers,
+                        window,
+                        cache_mb=mb,
+                        warm=warm_requests,
+                        rpc=rpc,
+                        processes=processes,
+                        connections=connections,
+                    )
                 )
         off, on = _averaged(runs["off"]), _averaged(runs["on"])
         cells[name] = {"off": off, "on": on, "speedup": on["items_per_s"] / off["items_per_s"]}
@@ -162,6 +187,8 @@ def run_cache_bench(
         "callers": callers,
         "warm_requests": warm_requests,
         "rounds": rounds,
+        "processes": processes,
+        "connections": connections,
         "cells": cells,
     }
 

@@ -6,9 +6,9 @@ streamrec-bench --models cnn,minilm-fp32 --bundle DIR --rounds 2 --run-id NAME -
 streamrec-bench --resume RUN_ID    finish an interrupted run (finished phases are kept)
 streamrec-bench serving --bundle models/streamrec-cnn-v2 [--rounds 2] [--inputs items] [--out FILE.json]
 streamrec-bench baselines [--rebuild]   build the MiniLM fp32/int8 and model2vec bundles into the cache
-streamrec-bench mixed-attack [--seconds 60]   normal load under a Watch + long-text flood (issue 14)
+streamrec-bench mixed-attack [--seconds 60] [--processes 1]   normal load under a Watch + long-text flood
 streamrec-bench overhead --bundle DIR [--callers 64] [--seconds 5]   server vs model on its own batches
-streamrec-bench cache --bundle DIR [--cache-mb 256] [--distinct 100000]   the cache on Zipf / unique streams
+streamrec-bench cache --bundle DIR [--cache-mb 256] [--processes 1]   the cache on Zipf / unique streams
 streamrec-bench infinity [--callers 8]   the Infinity peer (make infinity-venv) vs our server, same texts
 streamrec-bench http --bundle DIR [--callers 16]   the OpenAI-style HTTP front next to gRPC, one server
 
@@ -100,7 +100,9 @@ def _add_baselines(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _run_mixed_attack(args: argparse.Namespace) -> int:
     from benchmarks.mixed_attack import main as mixed_attack  # lazy: keeps `--help` fast
 
-    return mixed_attack(args.bundle, args.seconds, args.out, args.baseline_seconds, args.attackers)
+    return mixed_attack(
+        args.bundle, args.seconds, args.out, args.baseline_seconds, args.attackers, processes=args.processes
+    )
 
 
 def _attacker_names(text: str) -> list[str]:
@@ -127,6 +129,13 @@ def _add_mixed_attack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=_attacker_names,
         default=["watch", "long"],
         help="attacker processes, comma-separated: watch, long (default both; one alone shows its cost)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes (`serve --processes`; default 1); every caller kind then uses 4 "
+        "connections per process",
     )
     p.add_argument("--out", help="also write the JSON report here")
     p.set_defaults(run=_run_mixed_attack)
@@ -189,6 +198,8 @@ def _run_cache(args: argparse.Namespace) -> int:
         cache_mb=args.cache_mb,
         warm_requests=WARM_REQUESTS if args.warm_requests is None else args.warm_requests,
         rounds=ROUNDS if args.rounds is None else args.rounds,
+        processes=args.processes,
+        connections=args.connections,
     )
     _write_out(args, report)
     print(markdown(report))
@@ -220,8 +231,25 @@ def _add_cache(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="off/on pairs per stream, interleaved (off, on, on, off, ...) and averaged (default: "
         "benchmarks/cache_bench.py's ROUNDS)",
     )
+    _add_processes_flags(p)
     p.add_argument("--out", help="also write the JSON report here")
     p.set_defaults(run=_run_cache)
+
+
+def _add_processes_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes on the port (`serve --processes`; default 1); each cell's server has them",
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=0,
+        help="connections the callers share (default 0: 1 for one server process, 4 per process for "
+        "several, as the kernel spreads connections, not calls, over them)",
+    )
 
 
 def _run_infinity(args: argparse.Namespace) -> int:

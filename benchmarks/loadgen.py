@@ -12,7 +12,8 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -203,9 +204,9 @@ async def run_closed(
     tasks = [asyncio.create_task(caller(i)) for i in range(concurrency)]
     try:
         await done.steady(window.warmup_s, window.max_warmup_s)
-        cpu0, own0 = (cpu_s(cpu_pid) if cpu_pid else 0.0), cpu_s(os.getpid())
+        cpu0, own0 = (cpu_s(cpu_pid, tree=True) if cpu_pid else 0.0), cpu_s(os.getpid())
         start, end = await done.window(window)
-        cpu1, own1 = (cpu_s(cpu_pid) if cpu_pid else 0.0), cpu_s(os.getpid())
+        cpu1, own1 = (cpu_s(cpu_pid, tree=True) if cpu_pid else 0.0), cpu_s(os.getpid())
     finally:
         for task in tasks:
             task.cancel()
@@ -221,43 +222,77 @@ async def run_closed(
     return result
 
 
-def send_each_once(address: str, requests: Sequence[list[str]], concurrency: int) -> int:
+# Connections per server process when the server has several: the kernel hashes each connection to one
+# process, so a few each make it unlikely that one process gets none or most of them.
+CONNECTIONS_PER_PROCESS = 4
+
+
+def connections_for(processes: int, callers: int) -> int:
+    """Connections a load generator opens to a server of `processes` processes (1 for one process)."""
+    return 1 if processes <= 1 else max(1, min(callers, CONNECTIONS_PER_PROCESS * processes))
+
+
+@asynccontextmanager
+async def stubs(address: str, connections: int = 1) -> AsyncIterator[list[pb_grpc.EmbedderStub]]:
+    """`connections` channels to `address`, each with a TCP connection of its own (no subchannel shared
+    through gRPC's global pool): a server of several processes (`serve --processes N`) gets a
+    connection's calls in one process, so a load generator needs several connections to reach them all."""
+    options = [("grpc.use_local_subchannel_pool", 1)] if connections > 1 else []
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
+    try:
+        yield [pb_grpc.EmbedderStub(c) for c in channels]  # type: ignore[no-untyped-call]
+    finally:
+        for channel in channels:
+            await channel.close(None)
+
+
+def send_each_once(
+    address: str, requests: Sequence[list[str]], concurrency: int, connections: int = 1
+) -> int:
     """Send every request once, `concurrency` at a time (e.g. to warm a server's cache); returns errors."""
 
     async def run() -> int:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
+        async with stubs(address, connections) as stub_list:
             todo = iter(requests)
             errors = 0
 
-            async def caller() -> None:
+            async def caller(i: int) -> None:
                 nonlocal errors
+                stub = stub_list[i % connections]
                 for texts in todo:
                     try:
                         await stub.Embed(pb.EmbedRequest(texts=texts), timeout=60)
                     except grpc.RpcError:
                         errors += 1
 
-            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            await asyncio.gather(*(caller(i) for i in range(concurrency)))
             return errors
 
     return asyncio.run(run())
 
 
-def cpu_s(pid: int | None = None) -> float:
-    """User + system CPU seconds of process `pid` (None = this process)."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+def cpu_s(pid: int | None = None, *, tree: bool = False) -> float:
+    """User + system CPU seconds of process `pid` (None = this process); `tree`: with its live children's
+    (a server of several processes: the supervisor's server processes)."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *(proc.children(recursive=True) if tree else [])]:
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def wait_idle(pid: int, busy_below: float = 0.15, step_s: float = 0.1, max_s: float = 15.0) -> None:
     """Return once process `pid` uses under `busy_below` of a core over `step_s` (batches cancelled
     callers left running would otherwise eat into the next measurement)."""
     deadline = time.monotonic() + max_s
-    last = cpu_s(pid)
+    last = cpu_s(pid, tree=True)
     while time.monotonic() < deadline:
         time.sleep(step_s)
-        now = cpu_s(pid)
+        now = cpu_s(pid, tree=True)
         if now - last < busy_below * step_s:
             return
         last = now
@@ -275,22 +310,24 @@ async def _closed_loop(
     cpu_pid: int | None,
     model: str,
     rpc: str,
+    connections: int,
 ) -> LoadResult:
     if rpc not in RPCS:
         raise ValueError(f"rpc must be one of {RPCS}, got {rpc!r}")
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.EmbedderStub(channel)  # type: ignore[no-untyped-call]
+    async with stubs(address, connections) as stub_list:
         messages = [pb.EmbedRequest(texts=texts, model=model) for texts in requests]
         server_us: list[int] = []
         streams: dict[int, Any] = {}  # caller -> its EmbedStream call (rpc "stream")
 
         async def send(k: int) -> pb.EmbedResponse:
             message = messages[k % len(messages)]
+            # k runs i, i + concurrency, ... for caller i, whose calls all go on connection i mod K.
+            caller = k % concurrency
+            stub = stub_list[caller % connections]
             if rpc == "unary":
                 return await stub.Embed(message, timeout=60)
             # One stream per caller, one request in flight on it: the same concurrency as unary calls,
-            # without a new RPC per request. k runs i, i + concurrency, ... for caller i.
-            caller = k % concurrency
+            # without a new RPC per request.
             call = streams.get(caller)
             if call is None:
                 call = streams[caller] = stub.EmbedStream()
@@ -338,16 +375,26 @@ def closed_loop(
     cpu_pid: int | None = None,
     model: str = "",
     rpc: str = "unary",
+    connections: int = 1,
 ) -> LoadResult:
     """`concurrency` gRPC callers, each sending its next request as soon as the last one returns.
 
-    `cpu_pid` (the server's pid): report its CPU ms per item and wait for it to go idle afterwards.
-    `model`: EmbedRequest.model ("" = the server's default model). `rpc`: "unary" (one `Embed` call per
-    request) or "stream" (each caller keeps one `EmbedStream` open and sends its requests on it, one
-    at a time).
+    `cpu_pid` (the server's pid): report its CPU ms per item (its children's included) and wait for it
+    to go idle afterwards. `model`: EmbedRequest.model ("" = the server's default model). `rpc`: "unary"
+    (one `Embed` call per request) or "stream" (each caller keeps one `EmbedStream` open and sends its
+    requests on it, one at a time). `connections`: the callers share that many connections (`stubs`).
     """
     return asyncio.run(
-        _closed_loop(address, requests, concurrency, window, cpu_pid=cpu_pid, model=model, rpc=rpc)
+        _closed_loop(
+            address,
+            requests,
+            concurrency,
+            window,
+            cpu_pid=cpu_pid,
+            model=model,
+            rpc=rpc,
+            connections=connections,
+        )
     )
 
 

@@ -1,10 +1,12 @@
 """Mixed attack (issue 14, "Targets"): normal keyed callers keep their latency while anonymous clients
 flood health Watch streams and keyed callers flood long texts with short deadlines.
 
-    streamrec-bench mixed-attack [--bundle DIR] [--seconds 60] [--baseline-seconds 10] [--out FILE.json]
+    streamrec-bench mixed-attack [--bundle DIR] [--seconds 60] [--baseline-seconds 10] [--processes 1]
+        [--out FILE.json]
 
 One `streamrec-embedder serve` subprocess on loopback (an API key from the environment, one worker per
-core). Phases:
+core; `--processes N`: N server processes on the port, every kind of caller then on 4 connections per
+process). Phases:
 1. unloaded: NORMAL_CALLERS keyed callers, 1-8 short texts per call, closed loop: their p50/p99;
 2. attack, `--seconds` long: the same callers, plus WATCHERS anonymous Watch streams held open (and
    reopened when refused), plus LONG_CALLERS keyed callers sending 512 texts of 20,000 characters with
@@ -40,7 +42,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.loadgen import wait_idle
+from benchmarks.loadgen import connections_for, stubs, wait_idle
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -78,7 +80,9 @@ class Server:
     metrics_url: str
 
     def rss_mib(self) -> float:
-        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+        """The server's RSS: its processes' summed, when it has several."""
+        proc = psutil.Process(self.proc.pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
 
     def cache_mib(self) -> float:
         """What the embedding cache's entries are charged now: memory the server keeps by design,
@@ -88,10 +92,12 @@ class Server:
         return sum(float(v) for v in found) / 2**20
 
 
-def start_server(bundle: str) -> Server:
-    """The server (its default settings) as a subprocess on free loopback ports (read from its log)."""
+def start_server(bundle: str, processes: int = 1) -> Server:
+    """The server (its default settings, `processes` processes) as a subprocess on free loopback ports
+    (read from its log)."""
     cmd = [sys.executable, "-m", "embedder.cli", "serve", "--bundle", bundle, "--host", "127.0.0.1"]
     cmd += ["--port", "0", "--metrics-port", "0", "--metrics-host", "127.0.0.1"]
+    cmd += ["--processes", str(processes)]
     env = {**os.environ, "STREAMREC_EMBEDDER_API_KEYS": KEY}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     assert proc.stderr is not None
@@ -160,12 +166,12 @@ async def prober(health: health_pb2_grpc.HealthStub, until: float, tally: Tally)
         await asyncio.sleep(0.1)
 
 
-async def normal_phase(address: str, seconds: float) -> Tally:
+async def normal_phase(address: str, seconds: float, processes: int = 1) -> Tally:
     tally = Tally()
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.EmbedderStub(channel)
+    async with stubs(address, connections_for(processes, NORMAL_CALLERS)) as keyed:
         until = time.monotonic() + seconds
-        await asyncio.gather(*(normal_caller(stub, until, tally, i) for i in range(NORMAL_CALLERS)))
+        callers = (normal_caller(keyed[i % len(keyed)], until, tally, i) for i in range(NORMAL_CALLERS))
+        await asyncio.gather(*callers)
     return tally
 
 
@@ -176,22 +182,28 @@ def _as_remote_attacker() -> None:
     os.nice(19)
 
 
-def _watch_flood(address: str, seconds: float, out: Any) -> None:
-    """Attacker process: WATCHERS anonymous Watch streams held open for `seconds`."""
+def _watch_flood(address: str, seconds: float, out: Any, processes: int) -> None:
+    """Attacker process: WATCHERS anonymous Watch streams held open for `seconds` (on as many
+    connections as the normal load per server process: every process is attacked)."""
     _as_remote_attacker()
 
     async def flood() -> Tally:
         tally = Tally()
-        async with grpc.aio.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            until = time.monotonic() + seconds
-            await asyncio.gather(*(watcher(health, until, tally) for _ in range(WATCHERS)))
+        channels = [
+            grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(connections_for(processes, WATCHERS))
+        ]
+        health = [health_pb2_grpc.HealthStub(c) for c in channels]
+        until = time.monotonic() + seconds
+        await asyncio.gather(*(watcher(health[i % len(health)], until, tally) for i in range(WATCHERS)))
+        for channel in channels:
+            await channel.close(None)
         return tally
 
     out.put(("watch", dict(asyncio.run(flood()).codes)))
 
 
-def _long_flood(address: str, seconds: float, out: Any) -> None:
+def _long_flood(address: str, seconds: float, out: Any, processes: int) -> None:
     """Attacker process: LONG_CALLERS keyed callers sending 512 x 20,000 characters, 0.5 s deadlines."""
     _as_remote_attacker()
     rng = random.Random(7)
@@ -199,28 +211,31 @@ def _long_flood(address: str, seconds: float, out: Any) -> None:
 
     async def flood() -> Tally:
         tally = Tally()
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = pb_grpc.EmbedderStub(channel)
+        async with stubs(address, connections_for(processes, LONG_CALLERS)) as keyed:
             until = time.monotonic() + seconds
-            await asyncio.gather(*(long_caller(stub, request, until, tally) for _ in range(LONG_CALLERS)))
+            callers = (long_caller(keyed[i % len(keyed)], request, until, tally) for i in range(LONG_CALLERS))
+            await asyncio.gather(*callers)
         return tally
 
     out.put(("long", dict(asyncio.run(flood()).codes)))
 
 
-async def _defended(address: str, seconds: float) -> dict[str, Tally]:
+async def _defended(address: str, seconds: float, processes: int) -> dict[str, Tally]:
     """This process during the attack: the normal keyed callers and the health probe."""
     tallies = {"normal": Tally(), "health": Tally()}
-    async with grpc.aio.insecure_channel(address) as keyed, grpc.aio.insecure_channel(address) as probe:
+    async with (
+        stubs(address, connections_for(processes, NORMAL_CALLERS)) as keyed,
+        grpc.aio.insecure_channel(address) as probe,
+    ):
         until = time.monotonic() + seconds
-        stub = pb_grpc.EmbedderStub(keyed)
-        tasks = [normal_caller(stub, until, tallies["normal"], i) for i in range(NORMAL_CALLERS)]
+        normal = tallies["normal"]
+        tasks = [normal_caller(keyed[i % len(keyed)], until, normal, i) for i in range(NORMAL_CALLERS)]
         tasks.append(prober(health_pb2_grpc.HealthStub(probe), until, tallies["health"]))
         await asyncio.gather(*tasks)
     return tallies
 
 
-ATTACKERS: dict[str, Callable[[str, float, Any], None]] = {"watch": _watch_flood, "long": _long_flood}
+ATTACKERS: dict[str, Callable[[str, float, Any, int], None]] = {"watch": _watch_flood, "long": _long_flood}
 
 
 def check_attackers(names: Sequence[str]) -> None:
@@ -229,15 +244,18 @@ def check_attackers(names: Sequence[str]) -> None:
         raise ValueError(f"attackers {unknown or 'none'}: choose from {', '.join(ATTACKERS)}")
 
 
-def attack_phase(address: str, seconds: float, names: Sequence[str] = tuple(ATTACKERS)) -> dict[str, Tally]:
-    """The attackers run in processes of their own, so their CPU is not this process's event loop."""
+def attack_phase(
+    address: str, seconds: float, names: Sequence[str] = tuple(ATTACKERS), processes: int = 1
+) -> dict[str, Tally]:
+    """The attackers run in processes of their own, so their CPU is not this process's event loop.
+    `processes`: the server's; every kind of caller spreads over as many connections per process."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     flood = [ATTACKERS[name] for name in names]
-    attackers = [context.Process(target=f, args=(address, seconds, out)) for f in flood]
+    attackers = [context.Process(target=f, args=(address, seconds, out, processes)) for f in flood]
     for attacker in attackers:
         attacker.start()
-    tallies = asyncio.run(_defended(address, seconds))
+    tallies = asyncio.run(_defended(address, seconds, processes))
     for _ in attackers:
         name, codes = out.get(timeout=seconds + 120)
         tallies[name] = Tally(Counter(codes))
@@ -247,24 +265,29 @@ def attack_phase(address: str, seconds: float, names: Sequence[str] = tuple(ATTA
 
 
 def run(
-    bundle: str, seconds: float, baseline_s: float = 10.0, attackers: Sequence[str] = tuple(ATTACKERS)
+    bundle: str,
+    seconds: float,
+    baseline_s: float = 10.0,
+    attackers: Sequence[str] = tuple(ATTACKERS),
+    processes: int = 1,
 ) -> dict[str, Any]:
     check_attackers(attackers)
-    server = start_server(bundle)
+    server = start_server(bundle, processes)
     address = server.address
     try:
-        unloaded = asyncio.run(normal_phase(address, baseline_s))
+        unloaded = asyncio.run(normal_phase(address, baseline_s, processes))
         before = (server.rss_mib(), server.cache_mib())
-        attack = attack_phase(address, seconds, attackers)
+        attack = attack_phase(address, seconds, attackers, processes)
         # "After the attack" is once the server has finished the work the attackers left (requests still
         # being refused or dropped): measured right away, a slower CPU was still holding their buffers.
         wait_idle(server.proc.pid)
-        asyncio.run(normal_phase(address, 2.0))  # settle: what the attack left behind is released
+        asyncio.run(normal_phase(address, 2.0, processes))  # settle: what the attack left is released
         after = (server.rss_mib(), server.cache_mib())
     finally:
         server.proc.terminate()
         server.proc.wait(30)
-    return {**report(unloaded, attack, before, after, seconds), "attackers": list(attackers)}
+    result = report(unloaded, attack, before, after, seconds)
+    return {**result, "attackers": list(attackers), "processes": processes}
 
 
 def report(
@@ -314,8 +337,10 @@ def main(
     out: str | None,
     baseline_s: float = 10.0,
     attackers: Sequence[str] = tuple(ATTACKERS),
+    *,
+    processes: int = 1,
 ) -> int:
-    result = run(bundle, seconds, baseline_s, attackers)
+    result = run(bundle, seconds, baseline_s, attackers, processes)
     text = json.dumps(result, indent=2)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

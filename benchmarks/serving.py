@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,13 @@ class ServerProcess:
     peak_rss_mb: float = 0.0
 
     def rss_mb(self) -> float:
-        return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
+        """The server's RSS, its processes' summed when it has several (`processes` flag)."""
+        proc = psutil.Process(self.proc.pid)
+        total = 0
+        for p in [proc, *proc.children(recursive=True)]:
+            with suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return float(total) / 2**20
 
 
 def _free_port() -> int:

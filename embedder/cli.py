@@ -44,6 +44,7 @@ from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from embedder.core.repository import choose_bundle, configured_models
 from embedder.errors import EmbedderError
 from embedder.explain import render as explain_render
+from embedder.grpc.processes import run_processes
 from embedder.grpc.server import serve
 from embedder.malloc import MallocTrimmer, tune_malloc
 from embedder.options import add_vector_flags, vector_flags
@@ -151,6 +152,8 @@ def _cmd_serve(config: ServerConfig) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if config.processes > 1:
+        return run_processes(config)
     tune_malloc(config.malloc_arenas)  # before the server's threads allocate
     trimmer = MallocTrimmer(config.malloc_trim_free_mb).start()
     try:

@@ -26,6 +26,8 @@ CONFIG_HELP: dict[str, str] = {
     "metrics_host": "Address the /metrics server binds (the page has no auth: loopback unless scraped).",
     "http_port": "Port of the OpenAI-compatible HTTP front (-1 = off, 0 = any free port; docs/http.md).",
     "http_host": "Address the HTTP front binds ([::] = every interface).",
+    "processes": "Server processes sharing the port, each with its own event loop, cores / N workers and "
+    "cache / N (docs/operations.md, 'Several processes').",
     "workers": "Inference workers, each with its own ONNX session (0 = one per CPU core).",
     "intra_op_threads": "Threads inside each ONNX session (1 is fastest for small CNNs).",
     "tokenizer_threads": "Threads that tokenize requests off the event loop (0 = as many as workers).",

@@ -44,6 +44,10 @@ class ServerConfig:
     # The OpenAI-compatible HTTP front (docs/http.md): -1 = off (the default), 0 = any free port.
     http_port: int = -1
     http_host: str = "[::]"
+    # Server processes on the one port (SO_REUSEPORT; grpc/processes.py): each has its own event loop,
+    # `workers` (0 = cores / processes), its share of `embedding_cache_mb` and its own limits. The kernel
+    # spreads connections, not calls: a client needs several connections to use them all.
+    processes: int = 1
     # Inference workers, each with its own ONNX session (0 = one per core).
     workers: int = 0
     intra_op_threads: int = 1
@@ -139,6 +143,7 @@ class ServerConfig:
             "max_texts_per_request",
             "max_text_chars",
             "intra_op_threads",
+            "processes",
             "max_stream_inflight",
             "max_receive_message_bytes",
         )

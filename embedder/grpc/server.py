@@ -137,12 +137,13 @@ async def _stop_begun(server: grpc.aio.Server) -> None:
             return
 
 
-def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+def _grpc_options(config: ServerConfig, reuse_port: bool = False) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
         ("grpc.max_send_message_length", -1),
-        # Two servers must never share a port by accident (tests bind port 0 many times).
-        ("grpc.so_reuseport", 0),
+        # Two servers must never share a port by accident (tests bind port 0 many times); the processes
+        # of one `serve --processes N` share theirs on purpose (grpc/processes.py reserves it first).
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
@@ -182,6 +183,8 @@ async def _http_front(
     metrics: Metrics,
     gate: ServingGate,
     healthy: list[bool],
+    *,
+    reuse_port: bool,
 ) -> HttpFront | None:
     """The OpenAI-compatible front on `http_port` (-1 = none), with the same API keys as gRPC."""
     if config.http_port < 0:
@@ -189,12 +192,22 @@ async def _http_front(
     keys = load_api_keys(config)
     authorized = ApiKeyInterceptor(keys).authorized if keys else None
     return await start_http_front(
-        config, registry, metrics, gate, ready=lambda: healthy[0], authorized=authorized
+        config,
+        registry,
+        metrics,
+        gate,
+        ready=lambda: healthy[0],
+        authorized=authorized,
+        reuse_port=reuse_port,
     )
 
 
 def _grpc_server(
-    config: ServerConfig, metrics: Metrics, inflight: InflightTracker, limits: CallLimits
+    config: ServerConfig,
+    metrics: Metrics,
+    inflight: InflightTracker,
+    limits: CallLimits,
+    reuse_port: bool,
 ) -> grpc.aio.Server:
     keys = load_api_keys(config)
     # The lane limits come first: a call beyond its lane's bound is refused before anything else runs.
@@ -203,7 +216,7 @@ def _grpc_server(
         interceptors.append(ApiKeyInterceptor(keys, metrics))
     # No gRPC-wide cap (maximum_concurrent_rpcs): it counted health Watch streams and Check with the
     # keyed calls, so anonymous streams could starve both (limits.py bounds each lane instead).
-    return grpc.aio.server(options=_grpc_options(config), interceptors=interceptors)
+    return grpc.aio.server(options=_grpc_options(config, reuse_port), interceptors=interceptors)
 
 
 def _bind(server: grpc.aio.Server, config: ServerConfig, credentials: grpc.ServerCredentials | None) -> int:
@@ -267,11 +280,15 @@ async def create_server(
     config: ServerConfig,
     bundle: Bundle | Sequence[Bundle] | None = None,
     session_factory: SessionFactory | None = None,
+    *,
+    reuse_port: bool = False,
+    after_reload: Callable[[], None] | None = None,
 ) -> RunningServer:
     """Load the models, bind, start; health goes SERVING once every model has answered a warm-up batch.
 
     `bundle` (one or several) replaces `config.bundle`; `session_factory` replaces the ONNX sessions (the
-    tests' fault-injection seam).
+    tests' fault-injection seam). `reuse_port` and `after_reload` serve one process of several
+    (grpc/processes.py): the ports are shared, and a ReloadModels call taken here is passed on.
     """
     sources = model_sources(config, [bundle] if isinstance(bundle, Bundle) else list(bundle or ()))
     models = sources()  # a bad bundle fails start-up here, before anything binds
@@ -279,7 +296,7 @@ async def create_server(
     # Keys and TLS files are read before the models load: a bad one fails start-up at once.
     inflight = InflightTracker((f"/{SERVICE_NAME}/",))
     limits = CallLimits(config.max_concurrent_rpcs, config.max_health_watch_streams, metrics)
-    server = _grpc_server(config, metrics, inflight, limits)
+    server = _grpc_server(config, metrics, inflight, limits, reuse_port)
     credentials = server_credentials(config)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     gate = ServingGate()
@@ -288,16 +305,21 @@ async def create_server(
         config, metrics, gate, session_factory, _not_serving_callback(health_servicer, healthy)
     )
     registry = await _load_models(config, models, loader, metrics)
-    service = EmbedderService(
-        registry, metrics, config, gate, reload=lambda: reload_models(registry, sources)
-    )
+
+    async def reload_rpc() -> SyncReport:
+        report = await reload_models(registry, sources)
+        if after_reload is not None:
+            after_reload()
+        return report
+
+    service = EmbedderService(registry, metrics, config, gate, reload=reload_rpc)
     add_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     http: HttpFront | None = None
     try:
         port = _bind(server, config, credentials)
-        http = await _http_front(config, registry, metrics, gate, healthy)
+        http = await _http_front(config, registry, metrics, gate, healthy, reuse_port=reuse_port)
         metrics_port = _metrics_endpoint(metrics, config)
     except ConfigError:  # a port taken: one line, and nothing left running (or for gRPC's finalizer)
         if http is not None:
@@ -324,24 +346,35 @@ async def create_server(
     )
 
 
-async def serve(config: ServerConfig, bundle: Bundle | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain gracefully."""
+async def serve(
+    config: ServerConfig,
+    bundle: Bundle | None = None,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[RunningServer, float], None] | None = None,
+    after_reload: Callable[[], None] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then drain gracefully. `on_ready(server, start_s)` replaces the
+    "serving ... on port" line (one process of several reports to its supervisor instead)."""
     started = time.monotonic()
-    running = await create_server(config, bundle)
+    running = await create_server(config, bundle, reuse_port=reuse_port, after_reload=after_reload)
     # What start-up loaded lives as long as the process: keep it out of the collector's full passes,
     # which otherwise stall the event loop (~45 ms measured under load; docs/operations.md).
     gc.freeze()
-    # One token before "on port": scripts and tests read the ports from this line.
-    log.info(
-        "serving %s on port %d (metrics port %s, http port %s, %d workers per model) after %.2fs; loaded: %s",
-        running.registry.resolve("").key,
-        running.port,
-        running.metrics_port,
-        running.http_port,
-        running.engine.workers,
-        time.monotonic() - started,
-        running.registry.describe(),
-    )
+    if on_ready is not None:
+        on_ready(running, time.monotonic() - started)
+    else:  # One token before "on port": scripts and tests read the ports from this line.
+        log.info(
+            "serving %s on port %d (metrics port %s, http port %s, %d workers per model) after %.2fs; "
+            "loaded: %s",
+            running.registry.resolve("").key,
+            running.port,
+            running.metrics_port,
+            running.http_port,
+            running.engine.workers,
+            time.monotonic() - started,
+            running.registry.describe(),
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -357,6 +390,11 @@ async def serve(config: ServerConfig, bundle: Bundle | None = None) -> None:
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await running.stop(config.grace_period_s)
+        # A second SIGTERM/SIGINT during the drain (a supervisor's and a terminal's, or a process
+        # group's) changes nothing: the handlers stay until the drain is over.
+        loop.remove_signal_handler(signal.SIGHUP)
+        try:
+            await running.stop(config.grace_period_s)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

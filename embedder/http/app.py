@@ -215,8 +215,10 @@ async def start_http_front(
     *,
     ready: Callable[[], bool],
     authorized: KeyCheck | None,
+    reuse_port: bool = False,
 ) -> HttpFront:
-    """Bind `http_host:http_port` (port 0 = any free port) and serve; raises `ConfigError` if it cannot."""
+    """Bind `http_host:http_port` (port 0 = any free port) and serve; raises `ConfigError` if it cannot.
+    `reuse_port`: the processes of one `serve --processes N` share the port (SO_REUSEPORT)."""
     api = EmbeddingsApi(registry, metrics, gate, ready, created=int(time.time()))
     app = build_app(api, config, authorized, metrics)
     # Requests still running at shutdown get the drain's grace period to finish.
@@ -224,7 +226,13 @@ async def start_http_front(
     await runner.setup()
     where = f"{config.http_host}:{config.http_port}"
     tls = ssl_context(config)
-    site = web.TCPSite(runner, config.http_host.strip("[]"), config.http_port, ssl_context=tls)
+    site = web.TCPSite(
+        runner,
+        config.http_host.strip("[]"),
+        config.http_port,
+        ssl_context=tls,
+        reuse_port=reuse_port or None,
+    )
     try:
         await site.start()
     except OSError as exc:

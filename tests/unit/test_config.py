@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from embedder.config import DEFAULT_BUNDLE, ServerConfig, load_config
@@ -44,6 +46,7 @@ def test_bad_env_value_names_the_variable() -> None:
         ({"port": 70000}, "port"),
         ({"max_texts_per_request": 100, "max_queued_items": 10}, "max_texts_per_request"),
         ({"log_level": "LOUD"}, "log_level"),  # was logging's ValueError traceback at start
+        ({"processes": 0}, "processes"),
     ],
 )
 def test_invalid_values_are_refused(flags: dict[str, object], field: str) -> None:
@@ -63,3 +66,15 @@ def test_workers_zero_means_one_per_core() -> None:
 
 def test_log_level_takes_any_case() -> None:
     assert load_config({"log_level": "warning"}, env={}).log_level == "warning"
+
+
+def test_each_of_several_processes_gets_its_share_and_a_private_metrics_port() -> None:
+    from embedder.grpc.processes import process_config
+
+    config = ServerConfig(processes=2, embedding_cache_mb=64.0, metrics_port=9000, http_port=-1)
+    one = process_config(config, 1, port=50051, http_port=-1)
+    assert (one.processes, one.port, one.embedding_cache_mb) == (1, 50051, 32.0)
+    assert one.workers == max(1, (os.cpu_count() or 1) // 2)
+    assert (one.metrics_host, one.metrics_port) == ("127.0.0.1", 0)  # the supervisor serves 9000
+    assert process_config(ServerConfig(processes=2, workers=3), 0, 1, -1).workers == 3  # as set
+    assert process_config(ServerConfig(processes=2, metrics_port=-1), 0, 1, -1).metrics_port == -1

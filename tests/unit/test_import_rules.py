@@ -18,7 +18,7 @@ EMBEDDER_RULES: dict[str, set[str]] = {
     "embedder.config": {"embedder.errors"},
     "embedder.metrics": set(),
     "embedder.options": set(),  # the per-vector options every way in shares
-    "embedder.malloc": set(),  # glibc's arena cap, set once by the entry point
+    "embedder.malloc": set(),  # glibc's arena cap, set once per server process
     "embedder.v1": set(),
     "embedder.core": {"embedder.errors", "embedder.config", "embedder.options"},
     "embedder.explain": {"embedder.core", "embedder.errors", "embedder.config"},
@@ -30,6 +30,7 @@ EMBEDDER_RULES: dict[str, set[str]] = {
         "embedder.metrics",
         "embedder.v1",
         "embedder.http",  # server.py runs the process: it starts the HTTP front on its event loop
+        "embedder.malloc",  # processes.py starts server processes: each sets its malloc up, as cli does
     },
     "embedder.channel": set(),
     # The client speaks the wire format: the codec, never the server.
