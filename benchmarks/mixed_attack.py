@@ -21,6 +21,7 @@ SERVING. Reported, with a verdict each; the exit code is 0 either way (the machi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -82,7 +83,11 @@ class Server:
     def rss_mib(self) -> float:
         """The server's RSS: its processes' summed, when it has several."""
         proc = psutil.Process(self.proc.pid)
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+        total = 0
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return total / 2**20
 
     def cache_mib(self) -> float:
         """What the embedding cache's entries are charged now: memory the server keeps by design,

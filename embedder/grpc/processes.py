@@ -11,10 +11,12 @@ loops. This module is their supervisor; it loads no model itself:
   process: a client that wants the processes opens several connections);
 - once every process is SERVING it logs the one "serving ... on port" line, and serves /metrics on
   `metrics_port`: every process's page (read from its private loopback port at each scrape), each series
-  labelled `process="0".."N-1"`, plus its own `embedder_processes` and `embedder_process_restarts_total`;
-- SIGHUP goes to every process; a ReloadModels call, which one process takes, is passed to the others;
-- a process that dies is started again after a second; SIGTERM/SIGINT drains every process (each as a
-  single server drains: docs/operations.md) and exits 0 once they have.
+  labelled `process="0".."N-1"`, plus its own `processes` and `process_restarts_total`;
+- SIGHUP goes to every serving process (one still loading gets it once it serves); a ReloadModels call,
+  which one process takes, is passed to the others;
+- a process that dies is started again, after 1 s and twice as long after each exit within a minute of
+  its start (at most 30 s); SIGTERM/SIGINT drains every process (each as a single server drains:
+  docs/operations.md) and exits 0 once they have.
 
 Per process: `workers` (0 = cores / N, at least 1), `embedding_cache_mb` / N, and every limit
 (`max_concurrent_rpcs`, `max_queued_items`, ...) as configured, each process enforcing its own.
@@ -47,49 +49,59 @@ from embedder.config import ServerConfig
 from embedder.errors import ConfigError, EmbedderError
 from embedder.grpc.server import RunningServer, serve
 from embedder.malloc import MallocTrimmer, tune_malloc
+from embedder.metrics import PREFIX
 
 log = logging.getLogger(__name__)
 
-_RESTART_DELAY_S = 1.0
 _POLL_S = 0.2
+# A process that exits is started again after this, doubled for every exit within _STABLE_S of its start.
+_RESTART_DELAY_S = 1.0
+_MAX_RESTART_DELAY_S = 30.0
+_STABLE_S = 60.0
 # After the drain's grace period, how long the processes still get to exit before they are killed.
 _EXIT_SLACK_S = 15.0
 _SCRAPE_TIMEOUT_S = 2.0
 
 
-def _passive_address(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
-    family, _, _, _, address = socket.getaddrinfo(
-        host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    return family, address
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound (not listening) SO_REUSEPORT socket on host:port (0 = a free port), held by the supervisor
-    for its lifetime so that the port stays ours while processes come and go. A port another server
-    holds is a `ConfigError`: a socket of its own without SO_REUSEPORT cannot bind beside it, and an
-    SO_REUSEPORT one would silently take a share of its connections."""
-    family, address = _passive_address(host, port)
+def reserve_port(host: str, port: int, *, dual_stack: bool) -> list[socket.socket]:
+    """Bound (not listening) SO_REUSEPORT sockets on every address `host` resolves to, at `port` (0 = a
+    port free on all of them), held by the supervisor for its lifetime so that the port stays ours while
+    processes come and go. A port another server holds is a `ConfigError`: a socket of its own without
+    SO_REUSEPORT cannot bind beside it, and an SO_REUSEPORT one would silently take a share of its
+    connections. `dual_stack`: an IPv6 wildcard takes IPv4 too (gRPC's socket does; asyncio's not)."""
     where = f"{host}:{port}"
     try:
-        if port:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                _dual_stack(probe)
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(address)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        _dual_stack(sock)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
+        addresses = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except OSError as exc:
         raise ConfigError(f"cannot bind {where}: {exc.strerror or exc}") from None
-    return sock
+    held: list[socket.socket] = []
+    try:
+        for family, resolved in dict.fromkeys((a[0], a[4]) for a in addresses):
+            # Port 0: the port the first address got, on the others too.
+            address = (resolved[0], port or (held[0].getsockname()[1] if held else 0), *resolved[2:])
+            if address[1]:
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    _options(probe, dual_stack, reuse_port=False)
+                    probe.bind(address)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            held.append(sock)
+            _options(sock, dual_stack, reuse_port=True)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in held:
+            sock.close()
+        raise ConfigError(f"cannot bind {where}: {exc.strerror or exc}") from None
+    return held
 
 
-def _dual_stack(sock: socket.socket) -> None:
-    if sock.family == socket.AF_INET6:  # "[::]" takes IPv4 too, as gRPC's own socket does
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+def _options(sock: socket.socket, dual_stack: bool, reuse_port: bool) -> None:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
 
 def process_config(config: ServerConfig, index: int, port: int, http_port: int) -> ServerConfig:
@@ -109,19 +121,23 @@ def process_config(config: ServerConfig, index: int, port: int, http_port: int) 
     )
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor_pid: int) -> None:
     """SIGTERM this process when the supervisor dies, even by SIGKILL (Linux; elsewhere a no-op): no
-    process is left serving on the port without it."""
+    process is left serving on the port without it. A supervisor that died before this ran (the spawn
+    took seconds) is seen at once: this process then has another parent, and exits."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != supervisor_pid:
+        sys.exit(0)
 
 
-def _process_main(config: ServerConfig, index: int, conn: Connection) -> None:
+def _process_main(config: ServerConfig, index: int, conn: Connection, supervisor_pid: int) -> None:
     """One server process: serve until SIGTERM; tell the supervisor when ready, and of ReloadModels."""
-    _die_with_parent()
-    # Ctrl-C reaches every process of the terminal's group: the supervisor alone acts on it (SIGTERM to
-    # each), until `serve` takes the signal over once loaded.
+    # Until `serve` takes them over once loaded: Ctrl-C (sent to the terminal's whole group) is the
+    # supervisor's to act on, and a reload cannot concern a process still loading what there is now.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with_parent(supervisor_pid)
     logging.basicConfig(
         level=config.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [process {index}] %(name)s: %(message)s",
@@ -130,18 +146,14 @@ def _process_main(config: ServerConfig, index: int, conn: Connection) -> None:
     trimmer = MallocTrimmer(config.malloc_trim_free_mb).start()
 
     def ready(running: RunningServer, start_s: float) -> None:
-        conn.send(
-            (
-                "ready",
-                {
-                    "default": running.registry.resolve("").key,
-                    "loaded": running.registry.describe(),
-                    "metrics_port": running.metrics_port,
-                    "workers": running.engine.workers,
-                    "start_s": start_s,
-                },
-            )
-        )
+        facts = {
+            "default": running.registry.resolve("").key,
+            "loaded": running.registry.describe(),
+            "metrics_port": running.metrics_port,
+            "workers": running.engine.workers,
+            "start_s": start_s,
+        }
+        conn.send(("ready", facts))
 
     try:
         asyncio.run(
@@ -163,6 +175,8 @@ class _Process:
     again: bool = False  # started again after an exit
     ready: dict[str, Any] | None = None
     error: str = ""
+    reload_pending: bool = False  # a reload asked for while it was loading: sent once it serves
+    restart_at: float | None = None  # when it exited: when it is started again
 
 
 @dataclass(eq=False)  # hashable: prometheus_client's registry keys its collectors
@@ -175,6 +189,7 @@ class Supervisor:
     processes: dict[int, _Process] = field(default_factory=dict)
     restarts: int = 0
     _signals: list[int] = field(default_factory=list)
+    _delays: dict[int, float] = field(default_factory=dict)
     _stopped: bool = False
     _exit_code: int = 0
     _context: Any = field(default_factory=lambda: multiprocessing.get_context("spawn"))
@@ -183,26 +198,36 @@ class Supervisor:
         ours, theirs = self._context.Pipe()
         config = process_config(self.config, index, self.port, self.http_port)
         proc = self._context.Process(
-            target=_process_main, args=(config, index, theirs), name=f"streamrec-embedder-{index}"
+            target=_process_main,
+            args=(config, index, theirs, os.getpid()),
+            name=f"streamrec-embedder-{index}",
         )
         proc.start()
         theirs.close()
         self.processes[index] = _Process(index, proc, ours, time.monotonic(), again)
         return self.processes[index]
 
+    @property
+    def stopping(self) -> bool:
+        return any(s != signal.SIGHUP for s in self._signals)
+
     def start_all(self) -> bool:
-        """One after another (their loads do not compete). False if told to stop meanwhile; the first
-        process that fails raises its one-line reason."""
+        """One after another (their loads do not compete). False if told to stop meanwhile; a process
+        that fails (or one started before it that exits) stops start-up with its one-line reason."""
         for index in range(self.config.processes):
             p = self.start(index)
             while p.ready is None:
                 self._poll()
-                if any(s != signal.SIGHUP for s in self._signals):
+                if self.stopping:
                     return False
-                if not p.proc.is_alive() and p.ready is None:
-                    self._drain_messages(p)
-                    reason = p.error or f"exited with {p.proc.exitcode} before serving"
-                    raise ConfigError(reason if p.error else f"server process {index} {reason}")
+                for q in self.processes.values():
+                    if not q.proc.is_alive():
+                        self._drain_messages(q)
+                        if q.error:
+                            raise ConfigError(q.error)
+                        raise ConfigError(
+                            f"server process {q.index} exited with {q.proc.exitcode} during start-up"
+                        )
         return True
 
     def _drain_messages(self, p: _Process) -> None:
@@ -216,76 +241,99 @@ class Supervisor:
             p.ready = body
             if p.again:
                 log.info("server process %d serving again after %.2fs", p.index, body["start_s"])
+            if p.reload_pending:
+                p.reload_pending = False
+                self._signal(p, signal.SIGHUP)
         elif kind == "error":
             p.error = body
         elif kind == "reload":  # ReloadModels reached process `body`: the others reload too
-            self.signal_all(signal.SIGHUP, but=body)
+            self.reload_all(but=body)
 
     def _poll(self) -> None:
-        """Wait up to _POLL_S for a message or an exit; handle messages; restart the dead (unless
-        stopping, or before every process first served)."""
-        waitables: list[Any] = [p.conn for p in self.processes.values()]
-        waitables += [p.proc.sentinel for p in self.processes.values()]
+        """Wait up to _POLL_S for a message or an exit of a live process, and handle the messages."""
+        live = [p for p in self.processes.values() if p.restart_at is None]
+        waitables: list[Any] = [p.conn for p in live] + [p.proc.sentinel for p in live]
         for ready in wait(waitables, timeout=_POLL_S):
-            for p in list(self.processes.values()):
+            for p in live:
                 if ready is p.conn:
                     self._drain_messages(p)
 
-    def signal_all(self, sig: int, but: int = -1) -> None:
+    def _signal(self, p: _Process, sig: int) -> None:
+        if p.proc.is_alive() and p.proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.proc.pid, sig)
+
+    def reload_all(self, but: int = -1) -> None:
+        """SIGHUP to every serving process but `but`; one still loading gets it once it serves."""
         for p in self.processes.values():
-            if p.index != but and p.proc.is_alive() and p.proc.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.proc.pid, sig)
+            if p.index == but:
+                continue
+            if p.ready is None:
+                p.reload_pending = True
+            else:
+                self._signal(p, signal.SIGHUP)
 
     def on_signal(self, signum: int, _frame: Any) -> None:
         self._signals.append(signum)
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT: forward SIGHUP, restart processes that die; then drain all."""
+        """Serve until SIGTERM/SIGINT: pass SIGHUP on, start again processes that exit; then drain all."""
         while True:
             self._poll()
             while self._signals:
-                signum = self._signals.pop(0)
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP: every process reloads its models")
-                    self.signal_all(signal.SIGHUP)
-                else:
+                if self._signals.pop(0) != signal.SIGHUP:
                     return self.stop()
+                log.info("SIGHUP: every process reloads its models")
+                self.reload_all()
+            now = time.monotonic()
             for p in list(self.processes.values()):
-                if not p.proc.is_alive():
-                    self._drain_messages(p)
-                    log.warning(
-                        "server process %d exited with %s%s; starting it again in %.0fs",
-                        p.index,
-                        p.proc.exitcode,
-                        f" ({p.error})" if p.error else "",
-                        _RESTART_DELAY_S,
-                    )
-                    p.conn.close()
-                    time.sleep(_RESTART_DELAY_S)
+                if p.restart_at is None and not p.proc.is_alive():
+                    self._exited(p, now)
+                elif p.restart_at is not None and now >= p.restart_at:
                     self.restarts += 1
                     self.start(p.index, again=True)
 
+    def _exited(self, p: _Process, now: float) -> None:
+        """A process exited while serving: start it again later (longer if it keeps exiting early)."""
+        self._drain_messages(p)
+        p.conn.close()
+        early = now - p.started < _STABLE_S
+        delay = min(2 * self._delays.get(p.index, 0.0), _MAX_RESTART_DELAY_S) if early else 0.0
+        delay = max(delay, _RESTART_DELAY_S)
+        self._delays[p.index] = delay
+        p.restart_at = now + delay
+        reason = f" ({p.error})" if p.error else ""
+        log.warning(
+            "server process %d exited with %s%s; starting it again in %.0fs",
+            p.index,
+            p.proc.exitcode,
+            reason,
+            delay,
+        )
+
     def stop(self) -> int:
-        """SIGTERM to every process (each drains: NOT_SERVING, refusals, grace), wait, kill leftovers."""
+        """SIGTERM to every process (each drains: NOT_SERVING, refusals, grace), wait, kill leftovers.
+        Exit code 0 if every process that was serving drained and exited 0."""
         if self._stopped:
             return self._exit_code
         self._stopped = True
         draining = [p for p in self.processes.values() if p.proc.is_alive()]
         if draining:
             log.info("draining %d server processes", len(draining))
-        self.signal_all(signal.SIGTERM)
+        for p in draining:
+            self._signal(p, signal.SIGTERM)
         deadline = time.monotonic() + self.config.grace_period_s + _EXIT_SLACK_S
-        for p in self.processes.values():
+        for p in draining:
             p.proc.join(max(0.0, deadline - time.monotonic()))
             if p.proc.is_alive():
                 log.warning("server process %d did not exit in time; killing it", p.index)
                 p.proc.kill()
                 p.proc.join()
-        codes = [p.proc.exitcode for p in self.processes.values()]
+        codes = [p.proc.exitcode for p in draining]
         if draining:
             log.info("stopped; server processes exited with %s", codes)
-        self._exit_code = 0 if all(code == 0 for code in codes) else 1
+        # A process still loading when the stop came is ended by the signal (it had nothing to drain).
+        self._exit_code = 0 if all(p.proc.exitcode == 0 for p in draining if p.ready) else 1
         return self._exit_code
 
     # -- /metrics: every process's page, labelled ---------------------------------------------------
@@ -294,17 +342,17 @@ class Supervisor:
         families: dict[str, Metric] = {}
         for p in self.processes.values():
             port = (p.ready or {}).get("metrics_port")
-            if not port or not p.proc.is_alive():
+            if not port or p.restart_at is not None or not p.proc.is_alive():
                 continue
             try:
                 with urllib.request.urlopen(  # our own process, on loopback
                     f"http://127.0.0.1:{port}/metrics", timeout=_SCRAPE_TIMEOUT_S
                 ) as page:
-                    text = page.read().decode("utf-8")
-            except OSError as exc:
+                    parsed = list(text_string_to_metric_families(page.read().decode("utf-8")))
+            except Exception as exc:  # one process's page (exiting, restarting) never fails the scrape
                 log.warning("cannot read process %d's metrics: %s", p.index, exc)
                 continue
-            for family in text_string_to_metric_families(text):
+            for family in parsed:
                 merged = families.setdefault(
                     family.name, Metric(family.name, family.documentation, family.type, family.unit)
                 )
@@ -313,24 +361,30 @@ class Supervisor:
                     for s in family.samples
                 ]
         yield from families.values()
-        alive = Metric("embedder_processes", "Server processes alive under the supervisor.", "gauge")
-        alive.add_sample("embedder_processes", {}, sum(p.proc.is_alive() for p in self.processes.values()))
+        alive = Metric(PREFIX + "processes", "Server processes serving under the supervisor.", "gauge")
+        serving = sum(p.ready is not None and p.proc.is_alive() for p in self.processes.values())
+        alive.add_sample(PREFIX + "processes", {}, serving)
         yield alive
         restarts = Metric(
-            "embedder_process_restarts", "Server processes the supervisor started again.", "counter"
+            PREFIX + "process_restarts", "Server processes the supervisor started again.", "counter"
         )
-        restarts.add_sample("embedder_process_restarts_total", {}, self.restarts)
+        restarts.add_sample(PREFIX + "process_restarts_total", {}, self.restarts)
         yield restarts
 
 
 def run_processes(config: ServerConfig) -> int:
     """`serve` with `config.processes` > 1: reserve the ports, start, serve, drain (module docstring)."""
     started = time.monotonic()
-    grpc_sock = reserve_port(config.host, config.port)
-    http_sock = reserve_port(config.http_host, config.http_port) if config.http_port >= 0 else None
-    supervisor = Supervisor(
-        config, grpc_sock.getsockname()[1], http_sock.getsockname()[1] if http_sock else -1
-    )
+    held = reserve_port(config.host, config.port, dual_stack=True)
+    try:
+        if config.http_port >= 0:  # asyncio binds an IPv6 wildcard for IPv6 only
+            held += reserve_port(config.http_host, config.http_port, dual_stack=False)
+    except ConfigError:
+        for sock in held:
+            sock.close()
+        raise
+    http_port = held[-1].getsockname()[1] if config.http_port >= 0 else -1
+    supervisor = Supervisor(config, held[0].getsockname()[1], http_port)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, supervisor.on_signal)
     metrics_server = None
@@ -361,9 +415,8 @@ def run_processes(config: ServerConfig) -> int:
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
-        grpc_sock.close()
-        if http_sock is not None:
-            http_sock.close()
+        for sock in held:
+            sock.close()
 
 
 def _metrics_endpoint(config: ServerConfig, supervisor: Supervisor) -> Any:

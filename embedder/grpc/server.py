@@ -361,20 +361,6 @@ async def serve(
     # What start-up loaded lives as long as the process: keep it out of the collector's full passes,
     # which otherwise stall the event loop (~45 ms measured under load; docs/operations.md).
     gc.freeze()
-    if on_ready is not None:
-        on_ready(running, time.monotonic() - started)
-    else:  # One token before "on port": scripts and tests read the ports from this line.
-        log.info(
-            "serving %s on port %d (metrics port %s, http port %s, %d workers per model) after %.2fs; "
-            "loaded: %s",
-            running.registry.resolve("").key,
-            running.port,
-            running.metrics_port,
-            running.http_port,
-            running.engine.workers,
-            time.monotonic() - started,
-            running.registry.describe(),
-        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -388,6 +374,21 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
+        # Ready only once the signals are ours: a supervisor may send one the moment it hears.
+        if on_ready is not None:
+            on_ready(running, time.monotonic() - started)
+        else:  # One token before "on port": scripts and tests read the ports from this line.
+            log.info(
+                "serving %s on port %d (metrics port %s, http port %s, %d workers per model) after %.2fs; "
+                "loaded: %s",
+                running.registry.resolve("").key,
+                running.port,
+                running.metrics_port,
+                running.http_port,
+                running.engine.workers,
+                time.monotonic() - started,
+                running.registry.describe(),
+            )
         await stop.wait()
     finally:
         # A second SIGTERM/SIGINT during the drain (a supervisor's and a terminal's, or a process

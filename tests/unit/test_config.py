@@ -78,3 +78,23 @@ def test_each_of_several_processes_gets_its_share_and_a_private_metrics_port() -
     assert (one.metrics_host, one.metrics_port) == ("127.0.0.1", 0)  # the supervisor serves 9000
     assert process_config(ServerConfig(processes=2, workers=3), 0, 1, -1).workers == 3  # as set
     assert process_config(ServerConfig(processes=2, metrics_port=-1), 0, 1, -1).metrics_port == -1
+
+
+def test_the_supervisor_reserves_a_port_on_every_address_and_refuses_a_held_one() -> None:
+    import socket
+
+    from embedder.grpc.processes import reserve_port
+
+    held = reserve_port("localhost", 0, dual_stack=True)  # 127.0.0.1, and ::1 where the host has it
+    try:
+        ports = {s.getsockname()[1] for s in held}
+        assert len(ports) == 1 and ports != {0}
+    finally:
+        for s in held:
+            s.close()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot bind 127.0.0.1:{port}: Address already in use"):
+            reserve_port("127.0.0.1", port, dual_stack=True)
