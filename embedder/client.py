@@ -59,6 +59,9 @@ class ClientOptions(RequestOptions):
     max_concurrent_requests: int = 4
     # Which model: "name", "name@version" (pinned: vectors stay in one space), "" = the server's default.
     model: str = ""
+    # Connections opened to each address, taken in turn: a server of several processes (`serve
+    # --processes N`) gets each connection's calls in one process, so N or more reach them all.
+    connections_per_address: int = 1
 
     def backoff_s(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
@@ -94,6 +97,18 @@ def _addresses(addresses: str | Sequence[str]) -> list[str]:
     if not found:
         raise ValueError("at least one server address is needed")
     return found
+
+
+def _connections(
+    addresses: str | Sequence[str], per_address: int, channel_options: Sequence[tuple[str, Any]]
+) -> list[tuple[str, list[tuple[str, Any]]]]:
+    """(address, channel options) of every connection, the addresses interleaved (A, B, A, B, ...) so
+    that a retry, which takes the next one, goes to another address. Several per address: each its own
+    connection (gRPC otherwise shares one between channels of equal target and options)."""
+    if per_address < 1:
+        raise ValueError(f"connections_per_address must be >= 1 (got {per_address})")
+    own = [("grpc.use_local_subchannel_pool", 1)] if per_address > 1 else []
+    return [(a, [*channel_options, *own]) for _ in range(per_address) for a in _addresses(addresses)]
 
 
 def _should_retry(
@@ -170,7 +185,10 @@ class EmbedderClient(_Shared):
         """`security`: TLS / mTLS and an API key (embedder/channel.py); default plaintext, no key.
         `model` ("name" or "name@version") overrides `options.model`."""
         super().__init__(options, model, security)
-        self._channels = [self._security.channel(a, channel_options) for a in _addresses(addresses)]
+        per = self.options.connections_per_address
+        self._channels = [
+            self._security.channel(a, o) for a, o in _connections(addresses, per, channel_options)
+        ]
         self._use(self._channels)
         self._pool: ThreadPoolExecutor | None = None
 
@@ -237,7 +255,9 @@ class AsyncEmbedderClient(_Shared):
         model: str | None = None,
     ) -> None:
         super().__init__(options, model, security)
-        self._channels = [self._security.aio_channel(a, channel_options) for a in _addresses(addresses)]
+        per = self.options.connections_per_address
+        connections = _connections(addresses, per, channel_options)
+        self._channels = [self._security.aio_channel(a, o) for a, o in connections]
         self._use(self._channels)
 
     async def _call(self, method: str, request: Any, deadline: float) -> Any:

@@ -130,3 +130,15 @@ def test_options_reach_the_server(server: ServerThread, reference: EmbeddingEngi
     assert got.dtype == np.float32 and got.shape == (1, 64)
     want = embed_reference(reference, ["options"], dimensions=64, normalize=False)
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+
+
+def test_several_connections_per_address_interleave_the_addresses() -> None:
+    from embedder.client import _connections
+
+    got = _connections(["a:1", "b:2"], 2, [("grpc.primary_user_agent", "x")])
+    assert [a for a, _ in got] == ["a:1", "b:2", "a:1", "b:2"]  # a retry takes the next: another address
+    own = ("grpc.use_local_subchannel_pool", 1)  # each a connection of its own, not gRPC's shared one
+    assert all(options == [("grpc.primary_user_agent", "x"), own] for _, options in got)
+    assert _connections("a:1", 1, []) == [("a:1", [])]
+    with pytest.raises(ValueError, match="connections_per_address"):
+        _connections("a:1", 0, [])

@@ -1,9 +1,10 @@
 """`serve --processes 2`: two real server processes on one real port under a supervisor.
 
-What a user of it relies on: connections spread over both processes and every one answers the same
-vectors; one /metrics page holds both processes' series, labelled; a ReloadModels call taken by one
-process reloads both; a killed process is started again while the other keeps serving; SIGTERM drains
-both and exits 0; a port another server holds is a one-line error, not a silent share of its traffic.
+What a user of it relies on: connections (the project's client's too, with several per address) spread
+over both processes and every one answers the same vectors; one /metrics page holds both processes'
+series, labelled; a ReloadModels call taken by one process reloads both; a killed process is started
+again while the other keeps serving; SIGTERM drains both and exits 0; a port another server holds is a
+one-line error, not a silent share of its traffic.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from embedder.client import ClientOptions, EmbedderClient
 from embedder.core.bundle import Bundle
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
@@ -82,6 +84,13 @@ def test_two_processes_share_the_port_answer_alike_and_report_on_one_page(bundle
         served = _embed_ok_by_process(metrics_port)
         assert set(served) == {"0", "1"} and all(n > 0 for n in served.values()), served
         assert sum(served.values()) == CONNECTIONS
+        # The project's client, several connections to the one address: its calls reach both too.
+        options = ClientOptions(connections_per_address=CONNECTIONS // 2)
+        with EmbedderClient(f"127.0.0.1:{port}", options) as client:
+            for _ in range(CONNECTIONS // 2):
+                assert np.array_equal(client.embed(TEXTS), vectors[0])
+        by_client = _embed_ok_by_process(metrics_port)
+        assert all(by_client[p] > served[p] for p in ("0", "1")), (served, by_client)
         page = _metrics(metrics_port)
         assert page["streamrec_embedder_processes"][()] == 2
         assert page["streamrec_embedder_process_restarts_total"][()] == 0
