@@ -47,7 +47,7 @@ from prometheus_client.samples import Sample
 
 from embedder.config import ServerConfig
 from embedder.errors import ConfigError, EmbedderError
-from embedder.grpc.server import RunningServer, serve
+from embedder.grpc.server import RunningServer, metrics_bind_error, serve
 from embedder.malloc import MallocTrimmer, tune_malloc
 from embedder.metrics import PREFIX
 
@@ -425,9 +425,5 @@ def _metrics_endpoint(config: ServerConfig, supervisor: Supervisor) -> Any:
     try:
         server, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
     except OSError as exc:
-        where = f"{config.metrics_host}:{config.metrics_port}"
-        raise ConfigError(
-            f"cannot bind the metrics endpoint to {where}: {exc.strerror or exc} "
-            "(set metrics_port to a free port, 0 for any, or -1 for none)"
-        ) from None
+        raise metrics_bind_error(config, exc) from None
     return server

@@ -170,11 +170,16 @@ def _metrics_endpoint(metrics: Metrics, config: ServerConfig) -> int | None:
     try:
         return metrics.start_http(config.metrics_host, config.metrics_port)
     except OSError as exc:
-        where = f"{config.metrics_host}:{config.metrics_port}"
-        raise ConfigError(
-            f"cannot bind the metrics endpoint to {where}: {exc.strerror or exc} "
-            "(set metrics_port to a free port, 0 for any, or -1 for none)"
-        ) from None
+        raise metrics_bind_error(config, exc) from None
+
+
+def metrics_bind_error(config: ServerConfig, exc: OSError) -> ConfigError:
+    """The one-line start-up error for a metrics port that cannot be bound (one process or several)."""
+    where = f"{config.metrics_host}:{config.metrics_port}"
+    return ConfigError(
+        f"cannot bind the metrics endpoint to {where}: {exc.strerror or exc} "
+        "(set metrics_port to a free port, 0 for any, or -1 for none)"
+    )
 
 
 async def _http_front(
