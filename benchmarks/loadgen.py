@@ -233,14 +233,17 @@ def connections_for(processes: int, callers: int) -> int:
 
 
 @asynccontextmanager
-async def stubs(address: str, connections: int = 1) -> AsyncIterator[list[pb_grpc.EmbedderStub]]:
-    """`connections` channels to `address`, each with a TCP connection of its own (no subchannel shared
-    through gRPC's global pool): a server of several processes (`serve --processes N`) gets a
-    connection's calls in one process, so a load generator needs several connections to reach them all."""
+async def stubs(
+    address: str, connections: int = 1, stub: Callable[[grpc.aio.Channel], Any] = pb_grpc.EmbedderStub
+) -> AsyncIterator[list[Any]]:
+    """`connections` channels to `address` as `stub`s (default the Embedder's), each with a TCP
+    connection of its own (no subchannel shared through gRPC's global pool): a server of several
+    processes (`serve --processes N`) gets a connection's calls in one process, so a load generator needs
+    several connections to reach them all."""
     options = [("grpc.use_local_subchannel_pool", 1)] if connections > 1 else []
     channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
     try:
-        yield [pb_grpc.EmbedderStub(c) for c in channels]  # type: ignore[no-untyped-call]
+        yield [stub(c) for c in channels]
     finally:
         for channel in channels:
             await channel.close(None)
@@ -271,18 +274,27 @@ def send_each_once(
     return asyncio.run(run())
 
 
-def cpu_s(pid: int | None = None, *, tree: bool = False) -> float:
-    """User + system CPU seconds of process `pid` (None = this process); `tree`: with its live children's
-    (a server of several processes: the supervisor's server processes)."""
+def _summed(pid: int | None, tree: bool, read: Callable[[psutil.Process], float]) -> float:
+    """`read` of process `pid` (None = this process), plus of its live children if `tree` (a server of
+    several processes: the supervisor's server processes); a child that exits meanwhile counts 0."""
     proc = psutil.Process(pid)
     total = 0.0
     for p in [proc, *(proc.children(recursive=True) if tree else [])]:
         try:
-            times = p.cpu_times()
+            total += read(p)
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
     return total
+
+
+def cpu_s(pid: int | None = None, *, tree: bool = False) -> float:
+    """User + system CPU seconds of process `pid` (None = this process); `tree`: its children's too."""
+    return _summed(pid, tree, lambda p: (t := p.cpu_times()).user + t.system)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident MiB of process `pid` and its children (a server's processes summed)."""
+    return _summed(pid, True, lambda p: float(p.memory_info().rss)) / 2**20
 
 
 def wait_idle(pid: int, busy_below: float = 0.15, step_s: float = 0.1, max_s: float = 15.0) -> None:

@@ -21,7 +21,6 @@ SERVING. Reported, with a verdict each; the exit code is 0 either way (the machi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import multiprocessing
 import os
@@ -40,10 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.loadgen import connections_for, stubs, wait_idle
+from benchmarks.loadgen import connections_for, rss_mb, stubs, wait_idle
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -82,12 +80,7 @@ class Server:
 
     def rss_mib(self) -> float:
         """The server's RSS: its processes' summed, when it has several."""
-        proc = psutil.Process(self.proc.pid)
-        total = 0
-        for p in [proc, *proc.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
-        return total / 2**20
+        return rss_mb(self.proc.pid)
 
     def cache_mib(self) -> float:
         """What the embedding cache's entries are charged now: memory the server keeps by design,
@@ -194,15 +187,10 @@ def _watch_flood(address: str, seconds: float, out: Any, processes: int) -> None
 
     async def flood() -> Tally:
         tally = Tally()
-        channels = [
-            grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(connections_for(processes, WATCHERS))
-        ]
-        health = [health_pb2_grpc.HealthStub(c) for c in channels]
-        until = time.monotonic() + seconds
-        await asyncio.gather(*(watcher(health[i % len(health)], until, tally) for i in range(WATCHERS)))
-        for channel in channels:
-            await channel.close(None)
+        connections = connections_for(processes, WATCHERS)
+        async with stubs(address, connections, health_pb2_grpc.HealthStub) as health:
+            until = time.monotonic() + seconds
+            await asyncio.gather(*(watcher(health[i % len(health)], until, tally) for i in range(WATCHERS)))
         return tally
 
     out.put(("watch", dict(asyncio.run(flood()).codes)))

@@ -22,19 +22,18 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import environment
 from benchmarks.in_process import make_engine
 from benchmarks.inputs import Inputs, requests_of
-from benchmarks.loadgen import LoadResult, Window, closed_loop, cpu_s, single_caller_latency
+from benchmarks.loadgen import LoadResult, Window, closed_loop, cpu_s, rss_mb, single_caller_latency
 from embedder.core.bundle import load_bundle
 
 TARGETS = {
@@ -64,12 +63,7 @@ class ServerProcess:
 
     def rss_mb(self) -> float:
         """The server's RSS, its processes' summed when it has several (`processes` flag)."""
-        proc = psutil.Process(self.proc.pid)
-        total = 0
-        for p in [proc, *proc.children(recursive=True)]:
-            with suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
-        return float(total) / 2**20
+        return rss_mb(self.proc.pid)
 
 
 def _free_port() -> int:

@@ -20,7 +20,6 @@ take the fields they use (embedder/cli_flags.py). A bad bundle prints a one-line
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -44,9 +43,7 @@ from embedder.core.engine import EmbeddingEngine, EmbedOptions
 from embedder.core.repository import choose_bundle, configured_models
 from embedder.errors import EmbedderError
 from embedder.explain import render as explain_render
-from embedder.grpc.processes import run_processes
-from embedder.grpc.server import serve
-from embedder.malloc import MallocTrimmer, tune_malloc
+from embedder.grpc.processes import run_processes, serve_process
 from embedder.options import add_vector_flags, vector_flags
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
@@ -154,12 +151,7 @@ def _cmd_serve(config: ServerConfig) -> int:
     )
     if config.processes > 1:
         return run_processes(config)
-    tune_malloc(config.malloc_arenas)  # before the server's threads allocate
-    trimmer = MallocTrimmer(config.malloc_trim_free_mb).start()
-    try:
-        asyncio.run(serve(config))
-    finally:
-        trimmer.stop()
+    serve_process(config)
     return 0
 
 

@@ -36,7 +36,7 @@ import socket
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -142,8 +142,6 @@ def _process_main(config: ServerConfig, index: int, conn: Connection, supervisor
         level=config.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [process {index}] %(name)s: %(message)s",
     )
-    tune_malloc(config.malloc_arenas)
-    trimmer = MallocTrimmer(config.malloc_trim_free_mb).start()
 
     def ready(running: RunningServer, start_s: float) -> None:
         facts = {
@@ -156,12 +154,27 @@ def _process_main(config: ServerConfig, index: int, conn: Connection, supervisor
         conn.send(("ready", facts))
 
     try:
-        asyncio.run(
-            serve(config, reuse_port=True, on_ready=ready, after_reload=lambda: conn.send(("reload", index)))
+        serve_process(
+            config, reuse_port=True, on_ready=ready, after_reload=lambda: conn.send(("reload", index))
         )
     except EmbedderError as exc:
         conn.send(("error", str(exc)))
         sys.exit(1)
+
+
+def serve_process(
+    config: ServerConfig,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[RunningServer, float], None] | None = None,
+    after_reload: Callable[[], None] | None = None,
+) -> None:
+    """Be one server process until SIGTERM (`serve`, or one of `serve --processes N`'s): glibc's malloc
+    tuned before the server's threads allocate, and trimmed after bursts while it serves."""
+    tune_malloc(config.malloc_arenas)
+    trimmer = MallocTrimmer(config.malloc_trim_free_mb).start()
+    try:
+        asyncio.run(serve(config, reuse_port=reuse_port, on_ready=on_ready, after_reload=after_reload))
     finally:
         trimmer.stop()
 

@@ -30,7 +30,7 @@ EMBEDDER_RULES: dict[str, set[str]] = {
         "embedder.metrics",
         "embedder.v1",
         "embedder.http",  # server.py runs the process: it starts the HTTP front on its event loop
-        "embedder.malloc",  # processes.py starts server processes: each sets its malloc up, as cli does
+        "embedder.malloc",  # processes.py: serve_process, one server process with its malloc set up
     },
     "embedder.channel": set(),
     # The client speaks the wire format: the codec, never the server.
